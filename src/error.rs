@@ -1,0 +1,214 @@
+//! One error type for everything calattach answers itself, mapped to HTTP in one place.
+//!
+//! Variants are what the client hears. RFC 8607 §3.11: a failed precondition is a `403`
+//! (or `409`) whose body holds the named element as a child of a top-level `DAV:error`.
+//! Where Apple's server used another name for the same condition, that name follows as a
+//! second child (DESIGN §4) so RFC-based and older clients both recognise it. An upstream
+//! 401/403/404 is not an `Error`: it is a response to relay.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// RFC 8607 §3.11 preconditions (and the WebDAV ones calattach reports itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    ValidAction,
+    ValidRid,
+    ValidManagedId,
+    ValidManagedIdParameter,
+    MaxAttachmentSize,
+    MaxAttachmentsPerResource,
+    /// `DAV:cannot-modify-protected-property` (RFC 4918 §16), for the §6 properties.
+    CannotModifyProtectedProperty,
+    /// RFC 4791 §5.3.2.1 `CALDAV:max-resource-size`: an object too large to edit.
+    MaxResourceSize,
+    /// RFC 4791 §5.3.2.1 `CALDAV:supported-calendar-component`-like refusal of a target
+    /// that is not a calendar object resource; reported as `CALDAV:valid-calendar-data`.
+    ValidCalendarData,
+}
+
+impl Precondition {
+    /// The element names, `(namespace prefix, local name)`, RFC name first.
+    fn elements(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Precondition::ValidAction => &[("C", "valid-action"), ("C", "valid-action-parameter")],
+            Precondition::ValidRid => &[("C", "valid-rid"), ("C", "valid-rid-parameter")],
+            Precondition::ValidManagedId => &[
+                ("C", "valid-managed-id"),
+                ("C", "valid-managed-id-parameter"),
+            ],
+            Precondition::ValidManagedIdParameter => &[
+                ("C", "valid-managed-id-parameter"),
+                ("C", "valid-managed-id"),
+            ],
+            Precondition::MaxAttachmentSize => &[("C", "max-attachment-size")],
+            Precondition::MaxAttachmentsPerResource => &[
+                ("C", "max-attachments-per-resource"),
+                ("C", "max-attachments"),
+            ],
+            Precondition::CannotModifyProtectedProperty => {
+                &[("D", "cannot-modify-protected-property")]
+            }
+            Precondition::MaxResourceSize => &[("C", "max-resource-size")],
+            Precondition::ValidCalendarData => &[("C", "valid-calendar-data")],
+        }
+    }
+
+    /// The `application/xml` body: `<D:error>` with the elements as children.
+    pub fn body(self) -> String {
+        let mut s = String::from(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+             <D:error xmlns:D=\"DAV:\" xmlns:C=\"urn:ietf:params:xml:ns:caldav\">",
+        );
+        for (prefix, name) in self.elements() {
+            s.push_str(&format!("<{prefix}:{name}/>"));
+        }
+        s.push_str("</D:error>\n");
+        s
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// `403` with the precondition body; the detail is logged, not sent.
+    #[error("precondition {0:?} failed: {1}")]
+    Precondition(Precondition, String),
+    /// `409`: the condition can be fixed by the user (RFC 8607 §3.11), e.g. the object
+    /// kept changing under a bounded number of commit retries.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("not found")]
+    NotFound,
+    #[error("gone")]
+    Gone,
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// `503 Retry-After`: the object store is unreachable or too busy; nothing changed.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Config(_) | Error::Internal(_) | Error::Storage(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Precondition(..) => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Gone => StatusCode::GONE,
+            Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The only place an error becomes a status line and body.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        } else {
+            tracing::info!(error = %self, "request refused");
+        }
+        let (content_type, text) = match &self {
+            Error::Precondition(p, _) => ("application/xml; charset=utf-8", p.body()),
+            Error::UpstreamUnavailable => (
+                "text/plain; charset=utf-8",
+                "502 bad gateway: the calendar server is unreachable\n".to_owned(),
+            ),
+            Error::UpstreamTimeout => (
+                "text/plain; charset=utf-8",
+                "504 gateway timeout: the calendar server did not answer in time\n".to_owned(),
+            ),
+            Error::Unauthorized(msg) | Error::BadRequest(msg) | Error::Conflict(msg) => {
+                ("text/plain; charset=utf-8", format!("{msg}\n"))
+            }
+            Error::StorageUnavailable(_) => (
+                "text/plain; charset=utf-8",
+                "attachment storage is unavailable, try again later\n".to_owned(),
+            ),
+            _ => (
+                "text/plain; charset=utf-8",
+                format!(
+                    "{} {}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("").to_lowercase()
+                ),
+            ),
+        };
+        let mut resp = Response::new(body::full(text));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        match &self {
+            Error::MethodNotAllowed { allow } => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Error::StorageUnavailable(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precondition_body_puts_rfc_element_first_then_apple_name() {
+        let b = Precondition::ValidManagedIdParameter.body();
+        let rfc = b.find("<C:valid-managed-id-parameter/>").unwrap();
+        let apple = b.find("<C:valid-managed-id/>").unwrap();
+        assert!(rfc < apple, "{b}");
+        assert!(b.contains("<D:error xmlns:D=\"DAV:\" xmlns:C=\"urn:ietf:params:xml:ns:caldav\">"));
+        let b = Precondition::MaxAttachmentsPerResource.body();
+        assert!(
+            b.find("max-attachments-per-resource").unwrap()
+                < b.find("<C:max-attachments/>").unwrap()
+        );
+    }
+
+    #[test]
+    fn precondition_is_403_with_xml_body() {
+        let r = Error::Precondition(Precondition::ValidAction, "x".into()).into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/xml; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let r = Error::MethodNotAllowed {
+            allow: "GET, HEAD, OPTIONS",
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD, OPTIONS");
+    }
+}

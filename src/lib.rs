@@ -1,0 +1,14 @@
+//! calattach: CalDAV Managed Attachments (RFC 8607) in front of any CalDAV server.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything lives here so the
+//! benchmarks and tests can reach it. See DESIGN.md (`docs/design.md`) for the picture.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod options;
+pub mod proxy;
+pub mod router;
+pub mod server;

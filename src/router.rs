@@ -1,0 +1,84 @@
+//! Request routing (DESIGN §2): decided from method, path and query — never the body.
+
+use http::{Method, Uri};
+
+/// Which part of calattach owns a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST <object>?action=…` (RFC 8607 §3.3): any POST whose query carries `action`.
+    Attach,
+    /// `GET`/`HEAD` under the attachment prefix (RFC 8607 §3.10).
+    Download,
+    /// `OPTIONS` under the attachment prefix: answered by calattach.
+    AttachmentOptions,
+    /// Any other method under the attachment prefix: `405` (RFC 8607 §3.8, §3.9).
+    AttachmentWrite,
+    /// `OPTIONS` elsewhere: forwarded, then the `DAV:` token is added (RFC 8607 §3.2).
+    Options,
+    /// Everything else: byte-transparent forwarding.
+    Forward,
+}
+
+pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
+    if under_prefix(uri.path(), prefix) {
+        return match *method {
+            Method::GET | Method::HEAD => Route::Download,
+            Method::OPTIONS => Route::AttachmentOptions,
+            _ => Route::AttachmentWrite,
+        };
+    }
+    match *method {
+        Method::POST if has_action(uri.query()) => Route::Attach,
+        Method::OPTIONS => Route::Options,
+        _ => Route::Forward,
+    }
+}
+
+/// `prefix` itself or anything below it; `/.attachmentsX` is not below `/.attachments`.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+fn has_action(query: Option<&str>) -> bool {
+    query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "action"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(m: &str, u: &str) -> Route {
+        route(&m.parse().unwrap(), &u.parse().unwrap(), "/.attachments")
+    }
+
+    #[test]
+    fn post_with_action_is_owned_and_post_without_is_forwarded() {
+        assert_eq!(r("POST", "/u/c/e.ics?action=attachment-add"), Route::Attach);
+        assert_eq!(r("POST", "/u/c/e.ics?rid=M&action=bogus"), Route::Attach);
+        assert_eq!(r("POST", "/u/c/e.ics"), Route::Forward);
+        assert_eq!(r("POST", "/u/c/e.ics?actions=x"), Route::Forward);
+        assert_eq!(r("GET", "/u/c/e.ics?action=attachment-add"), Route::Forward);
+    }
+
+    #[test]
+    fn attachment_prefix_routes_by_method() {
+        assert_eq!(r("GET", "/.attachments/abc"), Route::Download);
+        assert_eq!(r("HEAD", "/.attachments/abc/name.pdf"), Route::Download);
+        assert_eq!(r("PUT", "/.attachments/abc"), Route::AttachmentWrite);
+        assert_eq!(r("DELETE", "/.attachments/abc"), Route::AttachmentWrite);
+        assert_eq!(
+            r("POST", "/.attachments/abc?action=attachment-add"),
+            Route::AttachmentWrite
+        );
+        assert_eq!(r("PROPPATCH", "/.attachments/abc"), Route::AttachmentWrite);
+        assert_eq!(r("OPTIONS", "/.attachments/abc"), Route::AttachmentOptions);
+        assert_eq!(r("GET", "/.attachmentsX/abc"), Route::Forward);
+    }
+
+    #[test]
+    fn options_elsewhere_is_the_options_route() {
+        assert_eq!(r("OPTIONS", "/user1/"), Route::Options);
+        assert_eq!(r("OPTIONS", "*"), Route::Options);
+    }
+}

@@ -1,0 +1,398 @@
+//! Listeners, the tower stack, the admin endpoints and graceful shutdown (DESIGN §10).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::body::{self, Body, BoxError};
+use crate::config::Config;
+use crate::error::Error;
+use crate::options;
+use crate::proxy::Upstream;
+use crate::router::{self, Route};
+
+/// Everything a request handler needs; shared by all connections.
+pub struct State {
+    pub config: Config,
+    pub upstream: Upstream,
+}
+
+impl State {
+    pub fn new(config: Config) -> Result<State, Error> {
+        let upstream = Upstream::new(&config.upstream, &config.server)?;
+        Ok(State { config, upstream })
+    }
+}
+
+/// Runs both listeners until SIGTERM/SIGINT, then drains in-flight requests for at most
+/// `server.shutdown_grace`.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin): {e}"))?,
+        ),
+        None => None,
+    };
+    let state = Arc::new(State::new(config)?);
+    startup_probe(&state).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        upstream = %state.config.upstream.url,
+        public_url = %state.config.server.public_url,
+        "calattach listening"
+    );
+    if let Some(admin) = admin {
+        tracing::info!(admin = %admin.local_addr()?, "admin listening");
+        tokio::spawn(serve_admin(admin, state.clone()));
+    }
+    run_until_shutdown(listener, state).await;
+    Ok(())
+}
+
+/// Refuses to run in front of an upstream that offers managed attachments itself; an
+/// unreachable upstream is only a warning (it may come up later; `/readyz` tells).
+async fn startup_probe(state: &State) -> anyhow::Result<()> {
+    match probe_upstream(&state.upstream).await {
+        Ok(headers) if options::upstream_has_managed_attachments(&headers) => {
+            anyhow::bail!(
+                "the upstream {} already advertises calendar-managed-attachments; \
+                 calattach must not run in front of a server that manages attachments itself",
+                state.config.upstream.url
+            )
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(upstream = %state.config.upstream.url, error = %e, "upstream not reachable at start");
+            Ok(())
+        }
+    }
+}
+
+/// `OPTIONS /` upstream; returns its headers whatever the status.
+pub async fn probe_upstream(upstream: &Upstream) -> Result<http::HeaderMap, Error> {
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = Method::OPTIONS;
+    *req.uri_mut() = upstream.uri_for("/")?;
+    let resp = upstream.send(req).await?;
+    Ok(resp.headers().clone())
+}
+
+async fn run_until_shutdown(listener: TcpListener, state: Arc<State>) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(state.config.server.max_header_bytes)
+        .max_headers(state.config.server.max_headers)
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(stack(state.clone(), peer));
+                let conn = http.serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let grace = state.config.server.shutdown_grace;
+    tracing::info!(?grace, "shutting down: draining in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over, closing remaining connections"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The per-connection service, outermost layer first.
+fn stack(
+    state: Arc<State>,
+    peer: SocketAddr,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<impl http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    ServiceBuilder::new()
+        // A panic in a handler becomes a 500 for that request, not a dead connection task.
+        .layer(CatchPanicLayer::new())
+        // Before anything could log headers: Authorization is a credential.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        // Keep a client-supplied id, else mint one; echo it on the response.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // The span every log line of this request carries; the access line itself is
+        // written by `AccessLog` when the response body ends (it knows the byte count).
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<Incoming>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(req, &state, peer).await) }
+        })
+}
+
+/// Routes one request (DESIGN §2) and turns errors into responses.
+pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = router::route(req.method(), req.uri(), &state.config.attachments.prefix);
+    let result = match route {
+        Route::Forward => state.upstream.forward(req, peer).await,
+        Route::Options => forward_options(req, state, peer).await,
+        Route::AttachmentOptions => Ok(attachment_options()),
+        Route::AttachmentWrite => Err(Error::MethodNotAllowed {
+            allow: ATTACHMENT_ALLOW,
+        }),
+        Route::Attach | Route::Download => Err(Error::Internal(
+            "attachment routes are not available in this build".into(),
+        )),
+    };
+    let resp = result.unwrap_or_else(Error::into_response);
+    AccessLog::wrap(resp, method, route, started)
+}
+
+const ATTACHMENT_ALLOW: &str = "GET, HEAD, OPTIONS";
+
+async fn forward_options(
+    req: Request<Incoming>,
+    state: &State,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let mut resp = state.upstream.forward(req, peer).await?;
+    if options::upstream_has_managed_attachments(resp.headers()) {
+        tracing::error!("upstream advertises calendar-managed-attachments itself; not adding ours");
+    } else {
+        options::add_dav_tokens(resp.headers_mut(), state.config.attachments.no_recurrence);
+    }
+    Ok(resp)
+}
+
+fn attachment_options() -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ATTACHMENT_ALLOW));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+// === admin listener ===
+
+async fn serve_admin(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(admin(req, &state).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn admin(req: Request<Incoming>, state: &State) -> Response<Body> {
+    let (status, text) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => match probe_upstream(&state.upstream).await {
+            Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: upstream: {e}\n"),
+            ),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+// === access log ===
+
+/// Counts response body bytes and writes one access log line when the body ends or is
+/// dropped (client gone), inside the request's span.
+struct AccessLog {
+    inner: Body,
+    span: tracing::Span,
+    method: Method,
+    route: Route,
+    status: StatusCode,
+    bytes: u64,
+    started: Instant,
+    done: bool,
+}
+
+impl AccessLog {
+    fn wrap(
+        resp: Response<Body>,
+        method: Method,
+        route: Route,
+        started: Instant,
+    ) -> Response<Body> {
+        let status = resp.status();
+        resp.map(|inner| {
+            let log = AccessLog {
+                inner,
+                span: tracing::Span::current(),
+                method,
+                route,
+                status,
+                bytes: 0,
+                started,
+                done: false,
+            };
+            http_body_util::BodyExt::boxed(log)
+        })
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let _enter = self.span.enter();
+        tracing::info!(
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            route = ?self.route,
+            method = %self.method,
+            complete,
+            "access"
+        );
+    }
+}
+
+impl http_body::Body for AccessLog {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        if let Poll::Ready(None) = polled {
+            return Poll::Ready(None);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let complete = http_body::Body::is_end_stream(&self.inner);
+        self.finish(complete);
+    }
+}
