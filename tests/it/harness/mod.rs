@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod calattach;
+pub mod compare;
 pub mod http;
 pub mod process;
 pub mod raw;
