@@ -46,7 +46,7 @@ use std::collections::BTreeSet;
 pub use edit::EditError;
 pub use line::{ParseError, ParseErrorKind};
 pub use param::Param;
-pub use recur::{parse_rid_list, RidError, RidSpec};
+pub use recur::{parse_rid_list, RidError, RidSpec, MAX_INSTANCES};
 
 use line::{Comp, Kind, Line};
 
