@@ -24,6 +24,9 @@ pub enum Precondition {
     CannotModifyProtectedProperty,
     /// RFC 4791 §5.3.2.1 `CALDAV:max-resource-size`: an object too large to edit.
     MaxResourceSize,
+    /// RFC 4791 §5.3.2.1 `CALDAV:max-instances`: too many overridden instances to edit
+    /// (RFC 8607 §7, processing-time attacks).
+    MaxInstances,
     /// RFC 4791 §5.3.2.1 `CALDAV:supported-calendar-component`-like refusal of a target
     /// that is not a calendar object resource; reported as `CALDAV:valid-calendar-data`.
     ValidCalendarData,
@@ -52,6 +55,7 @@ impl Precondition {
                 &[("D", "cannot-modify-protected-property")]
             }
             Precondition::MaxResourceSize => &[("C", "max-resource-size")],
+            Precondition::MaxInstances => &[("C", "max-instances")],
             Precondition::ValidCalendarData => &[("C", "valid-calendar-data")],
         }
     }
@@ -85,6 +89,8 @@ pub enum Error {
     Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    #[error("forbidden")]
+    Forbidden,
     #[error("not found")]
     NotFound,
     #[error("gone")]
@@ -114,6 +120,7 @@ impl Error {
             Error::Precondition(..) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Forbidden => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,

@@ -4,11 +4,15 @@
 //! benchmarks and tests can reach it. See DESIGN.md (`docs/design.md`) for the picture.
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ical;
 pub mod options;
+pub mod props;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod store;

@@ -23,23 +23,36 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::attach;
 use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::options;
 use crate::proxy::Upstream;
 use crate::router::{self, Route};
+use crate::store::Store;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct State {
     pub config: Config,
     pub upstream: Upstream,
+    pub store: Store,
 }
 
 impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let upstream = Upstream::new(&config.upstream, &config.server)?;
-        Ok(State { config, upstream })
+        let store = Store::from_url(&config.storage.url, &config.storage.options).map_err(|e| {
+            Error::Config(format!(
+                "storage.url = {:?}: {e}",
+                config.storage.url.as_str()
+            ))
+        })?;
+        Ok(State {
+            config,
+            upstream,
+            store,
+        })
     }
 }
 
@@ -224,9 +237,8 @@ pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> 
         Route::AttachmentWrite => Err(Error::MethodNotAllowed {
             allow: ATTACHMENT_ALLOW,
         }),
-        Route::Attach | Route::Download => Err(Error::Internal(
-            "attachment routes are not available in this build".into(),
-        )),
+        Route::Attach => attach::post::handle(req, state).await,
+        Route::Download => attach::get::handle(req, state).await,
     };
     let resp = result.unwrap_or_else(Error::into_response);
     AccessLog::wrap(resp, method, route, started)
@@ -333,7 +345,7 @@ impl AccessLog {
                 started,
                 done: false,
             };
-            http_body_util::BodyExt::boxed(log)
+            http_body_util::BodyExt::boxed_unsync(log)
         })
     }
 

@@ -82,6 +82,11 @@ impl Upstream {
         &self.public
     }
 
+    /// The upstream's `host[:port]`, the `Host` of internal requests.
+    pub fn authority(&self) -> &HeaderValue {
+        &self.authority
+    }
+
     /// Sends one request upstream, waiting at most `response_timeout` for the response
     /// head. Unreachable → [`Error::UpstreamUnavailable`], no head in time →
     /// [`Error::UpstreamTimeout`]. The body streams afterwards without a deadline.

@@ -1,0 +1,450 @@
+//! Parsing the parts of an attachment POST that come before its body: the query
+//! (RFC 8607 §3.3), `Content-Type` and `Content-Disposition` (RFC 8607 §3.4 1.D–E,
+//! RFC 6266), `Prefer` (RFC 7240).
+
+use std::borrow::Cow;
+
+use http::HeaderMap;
+
+use crate::error::{Error, Precondition};
+use crate::ical::{parse_rid_list, RidSpec};
+
+/// `action` (RFC 8607 §3.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachAction {
+    Add,
+    Update,
+    Remove,
+}
+
+impl AttachAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachAction::Add => "attachment-add",
+            AttachAction::Update => "attachment-update",
+            AttachAction::Remove => "attachment-remove",
+        }
+    }
+}
+
+/// A validated RFC 8607 query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachQuery {
+    pub action: AttachAction,
+    /// `None` = every instance (RFC 8607 §3.3.2).
+    pub rids: Option<Vec<RidSpec>>,
+    /// Required for update/remove, absent for add (RFC 8607 §3.3.3).
+    pub managed_id: Option<String>,
+}
+
+/// Applies the parameter rules of RFC 8607 §3.3 and §3.11, in the order a client can
+/// act on: `action` first (`valid-action`), then `managed-id` (`valid-managed-id`),
+/// then `rid` (`valid-rid`). `no_recurrence` refuses any `rid` (RFC 8607 §3.2).
+pub fn parse_query(query: &str, no_recurrence: bool) -> Result<AttachQuery, Error> {
+    let mut actions = Vec::new();
+    let mut rids = Vec::new();
+    let mut mids = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "action" => actions.push(v.into_owned()),
+            "rid" => rids.push(v.into_owned()),
+            "managed-id" => mids.push(v.into_owned()),
+            _ => {}
+        }
+    }
+    let action = match actions.as_slice() {
+        [a] if a == "attachment-add" => AttachAction::Add,
+        [a] if a == "attachment-update" => AttachAction::Update,
+        [a] if a == "attachment-remove" => AttachAction::Remove,
+        _ => {
+            return Err(Error::Precondition(
+                Precondition::ValidAction,
+                format!("action must be given once as one of the three values, got {actions:?}"),
+            ))
+        }
+    };
+    let managed_id = match (action, mids.as_slice()) {
+        (AttachAction::Add, []) => None,
+        (AttachAction::Add, _) => {
+            return Err(Error::Precondition(
+                Precondition::ValidManagedId,
+                "managed-id must not be present with attachment-add".into(),
+            ))
+        }
+        (_, [m]) if !m.is_empty() => Some(m.clone()),
+        _ => {
+            return Err(Error::Precondition(
+                Precondition::ValidManagedId,
+                format!("managed-id must be given exactly once, got {mids:?}"),
+            ))
+        }
+    };
+    let rids =
+        match rids.as_slice() {
+            [] => None,
+            [_] if action == AttachAction::Update => {
+                return Err(Error::Precondition(
+                    Precondition::ValidRid,
+                    "rid must not be present with attachment-update".into(),
+                ))
+            }
+            [_] if no_recurrence => {
+                return Err(Error::Precondition(
+                    Precondition::ValidRid,
+                    "this server manages attachments for whole series only (no-recurrence)".into(),
+                ))
+            }
+            [r] => Some(parse_rid_list(r).map_err(|e| {
+                Error::Precondition(Precondition::ValidRid, format!("rid {r:?}: {e}"))
+            })?),
+            _ => {
+                return Err(Error::Precondition(
+                    Precondition::ValidRid,
+                    "rid must be given at most once (a comma-separated list)".into(),
+                ))
+            }
+        };
+    Ok(AttachQuery {
+        action,
+        rids,
+        managed_id,
+    })
+}
+
+/// `FMTTYPE` from `Content-Type`: `type/subtype` only, lower-cased, parameters such as
+/// `charset` dropped; `application/octet-stream` when absent or unusable.
+pub fn media_type(headers: &HeaderMap) -> String {
+    const DEFAULT: &str = "application/octet-stream";
+    let Some(v) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return DEFAULT.to_owned();
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let valid = essence.split_once('/').is_some_and(|(t, s)| {
+        let token = |x: &str| {
+            !x.is_empty()
+                && x.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        };
+        token(t) && token(s)
+    });
+    if valid {
+        essence
+    } else {
+        DEFAULT.to_owned()
+    }
+}
+
+/// Name used when a client sends no usable filename.
+pub const DEFAULT_FILENAME: &str = "attachment";
+/// Longest filename kept, in bytes (common filesystem limit).
+pub const MAX_FILENAME_BYTES: usize = 255;
+
+/// The filename of an upload, from `Content-Disposition`, parsed leniently and then
+/// sanitised (RFC 6266 §4.3).
+///
+/// Accepted forms: RFC 6266 (`attachment; filename="a b.pdf"`,
+/// `attachment; filename*=UTF-8''%E2%82%AC.pdf`), and what Apple Calendar sends:
+/// `attachment filename=My File.pdf` (no `;`, unquoted, spaces) and
+/// `attachment filename=<ascii>;filename*=utf-8''<pct-encoded>`. `filename*` wins over
+/// `filename` (RFC 6266 §4.3).
+pub fn filename(headers: &HeaderMap) -> String {
+    let raw = headers
+        .get(http::header::CONTENT_DISPOSITION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let name = raw
+        .as_deref()
+        .and_then(|v| extended_filename(v).or_else(|| plain_filename(v).map(|s| s.into_owned())));
+    sanitize_filename(name.as_deref().unwrap_or(""))
+}
+
+/// Finds `name` (case-insensitively) as a parameter name: at the start or after a
+/// separator (`;`, space, tab), immediately followed by `=`. Returns the text after `=`.
+fn param_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    let lower = header.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find(name) {
+        let start = from + pos;
+        let end = start + name.len();
+        let before_ok = start == 0 || matches!(lower.as_bytes()[start - 1], b';' | b' ' | b'\t');
+        let rest = lower[end..].trim_start();
+        if before_ok && rest.starts_with('=') {
+            let eq = end + (lower[end..].len() - rest.len());
+            return Some(header[eq + 1..].trim_start());
+        }
+        from = end;
+    }
+    None
+}
+
+/// `filename*=charset'lang'pct-encoded` (RFC 8187).
+fn extended_filename(header: &str) -> Option<String> {
+    let v = param_value(header, "filename*")?;
+    let v = v.split(';').next()?.trim().trim_matches('"');
+    let mut parts = v.splitn(3, '\'');
+    let charset = parts.next()?.to_ascii_lowercase();
+    let _lang = parts.next()?;
+    let encoded = parts.next()?;
+    let bytes: Cow<[u8]> = percent_encoding::percent_decode_str(encoded).into();
+    match charset.as_str() {
+        "utf-8" | "utf8" => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        "iso-8859-1" | "latin1" => Some(bytes.iter().map(|&b| b as char).collect()),
+        _ => None,
+    }
+}
+
+/// `filename=` quoted (with backslash escapes) or a token — or, leniently, everything up
+/// to the next `;` (Apple: `filename=My File.pdf`).
+fn plain_filename(header: &str) -> Option<Cow<'_, str>> {
+    let v = param_value(header, "filename")?;
+    if let Some(q) = v.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = q.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                '"' => return Some(Cow::Owned(out)),
+                c => out.push(c),
+            }
+        }
+        // Unterminated quote: take what there is.
+        return Some(Cow::Owned(out));
+    }
+    Some(Cow::Borrowed(v.split(';').next().unwrap_or("").trim()))
+}
+
+/// RFC 6266 §4.3: no directory parts, no control characters, bounded length, never
+/// empty or a dot name.
+pub fn sanitize_filename(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
+        .collect();
+    let mut s = cleaned.trim().to_owned();
+    if s.len() > MAX_FILENAME_BYTES {
+        // Keep the extension when the name is cut.
+        let ext = s
+            .rfind('.')
+            .map(|i| s[i..].to_owned())
+            .filter(|e| e.len() <= 16)
+            .unwrap_or_default();
+        let mut cut = MAX_FILENAME_BYTES - ext.len();
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s = format!("{}{}", &s[..cut], ext);
+    }
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        DEFAULT_FILENAME.to_owned()
+    } else {
+        s
+    }
+}
+
+/// Bidirectional overrides let `exe.pdf` display as `fdp.exe`: never keep them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+}
+
+/// Whether `Prefer` asks for `return=representation` (RFC 7240 §4.2).
+pub fn wants_representation(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let p = p.split(';').next().unwrap_or("").trim();
+            p.eq_ignore_ascii_case("return=representation")
+                || p.eq_ignore_ascii_case("return=\"representation\"")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn pre(r: Result<AttachQuery, Error>) -> Precondition {
+        match r {
+            Err(Error::Precondition(p, _)) => p,
+            other => panic!("expected a precondition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn action_must_be_one_of_three_exactly_once() {
+        assert_eq!(
+            pre(parse_query("action=attachment-nope", false)),
+            Precondition::ValidAction
+        );
+        assert_eq!(
+            pre(parse_query("action=", false)),
+            Precondition::ValidAction
+        );
+        assert_eq!(
+            pre(parse_query(
+                "action=attachment-add&action=attachment-add",
+                false
+            )),
+            Precondition::ValidAction
+        );
+        assert_eq!(
+            pre(parse_query("action=ATTACHMENT-ADD", false)),
+            Precondition::ValidAction
+        );
+        let q = parse_query("action=attachment-add", false).unwrap();
+        assert_eq!(q.action, AttachAction::Add);
+        assert_eq!(q.rids, None);
+    }
+
+    #[test]
+    fn managed_id_forbidden_on_add_and_required_once_otherwise() {
+        assert_eq!(
+            pre(parse_query("action=attachment-add&managed-id=x", false)),
+            Precondition::ValidManagedId
+        );
+        assert_eq!(
+            pre(parse_query("action=attachment-update", false)),
+            Precondition::ValidManagedId
+        );
+        assert_eq!(
+            pre(parse_query(
+                "action=attachment-remove&managed-id=a&managed-id=b",
+                false
+            )),
+            Precondition::ValidManagedId
+        );
+        let q = parse_query("action=attachment-remove&managed-id=97S", false).unwrap();
+        assert_eq!(q.managed_id.as_deref(), Some("97S"));
+    }
+
+    #[test]
+    fn rid_forbidden_on_update_duplicated_or_in_no_recurrence_mode() {
+        assert_eq!(
+            pre(parse_query(
+                "action=attachment-update&managed-id=x&rid=M",
+                false
+            )),
+            Precondition::ValidRid
+        );
+        assert_eq!(
+            pre(parse_query(
+                "action=attachment-add&rid=M&rid=20240101T100000",
+                false
+            )),
+            Precondition::ValidRid
+        );
+        assert_eq!(
+            pre(parse_query("action=attachment-add&rid=M,m", false)),
+            Precondition::ValidRid
+        );
+        assert_eq!(
+            pre(parse_query("action=attachment-add&rid=M", true)),
+            Precondition::ValidRid
+        );
+        let q = parse_query("action=attachment-add&rid=M%2C20111022T160000", false).unwrap();
+        assert_eq!(
+            q.rids,
+            Some(vec![
+                RidSpec::Master,
+                RidSpec::Instance("20111022T160000".into())
+            ])
+        );
+    }
+
+    fn cd(v: &str) -> String {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-disposition",
+            HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+        );
+        filename(&h)
+    }
+
+    #[test]
+    fn apple_content_disposition_without_semicolon_keeps_spaces() {
+        assert_eq!(cd("attachment filename=My File.pdf"), "My File.pdf");
+    }
+
+    #[test]
+    fn apple_non_ascii_form_prefers_filename_star() {
+        assert_eq!(
+            cd("attachment filename=Resume.pdf;filename*=utf-8''R%C3%A9sum%C3%A9%20final.pdf"),
+            "Résumé final.pdf"
+        );
+    }
+
+    #[test]
+    fn rfc6266_forms_parse() {
+        assert_eq!(cd("attachment;filename=agenda.html"), "agenda.html");
+        assert_eq!(
+            cd("attachment; filename=\"a \\\"quoted\\\"; name.txt\""),
+            "a \"quoted\"; name.txt"
+        );
+        assert_eq!(
+            cd("attachment; filename*=UTF-8''%E2%82%AC%20rates.pdf; filename=\"EUR rates.pdf\""),
+            "€ rates.pdf"
+        );
+        assert_eq!(cd("Attachment; FILENAME=x.txt"), "x.txt");
+    }
+
+    #[test]
+    fn filenames_are_sanitised() {
+        assert_eq!(cd("attachment; filename=\"../../etc/passwd\""), "passwd");
+        assert_eq!(
+            cd("attachment; filename=\"C:\\\\Users\\\\x\\\\a.doc\""),
+            "a.doc"
+        );
+        assert_eq!(
+            cd("attachment; filename*=UTF-8''a%0D%0Ab%00c.txt"),
+            "abc.txt"
+        );
+        assert_eq!(
+            cd("attachment; filename*=UTF-8''evil%E2%80%AEfdp.exe"),
+            "evilfdp.exe"
+        );
+        assert_eq!(cd("attachment; filename=\"..\""), DEFAULT_FILENAME);
+        assert_eq!(cd("attachment"), DEFAULT_FILENAME);
+        assert_eq!(filename(&HeaderMap::new()), DEFAULT_FILENAME);
+        let long = format!("attachment; filename=\"{}.pdf\"", "é".repeat(300));
+        let f = cd(&long);
+        assert!(f.len() <= MAX_FILENAME_BYTES && f.ends_with(".pdf"), "{f}");
+    }
+
+    #[test]
+    fn media_type_keeps_type_subtype_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(media_type(&h), "application/octet-stream");
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/html; charset=\"utf-8\""),
+        );
+        assert_eq!(media_type(&h), "text/html");
+        h.insert("content-type", HeaderValue::from_static("Application/PDF"));
+        assert_eq!(media_type(&h), "application/pdf");
+        h.insert("content-type", HeaderValue::from_static("garbage"));
+        assert_eq!(media_type(&h), "application/octet-stream");
+    }
+
+    #[test]
+    fn prefer_return_representation_is_recognised() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_representation(&h));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("handling=lenient, return=representation"),
+        );
+        assert!(wants_representation(&h));
+        h.insert("prefer", HeaderValue::from_static("return=minimal"));
+        assert!(!wants_representation(&h));
+    }
+}
