@@ -49,10 +49,17 @@
 //!
 //! # Backends
 //!
-//! `file://<dir>` (created if missing; fsync on by default so a committed blob survives
-//! power loss like it would on S3), `s3://<bucket>[/<prefix>]` (path-style unless
-//! `virtual_hosted_style_request` is set; credentials from the options or the standard
-//! `AWS_*` environment variables) and `memory://` (tests).
+//! * `file://<dir>`: created if missing. `fsync` (default `true`) makes every completed
+//!   write durable before it returns, so a blob the upstream already references survives
+//!   power loss as it would on S3. Empty `state/<id>/` and `refs/<hash>/` directories are
+//!   removed with their last file.
+//! * `s3://<bucket>[/<prefix>]`: path-style unless `virtual_hosted_style_request` is set;
+//!   credentials from the options or the standard `AWS_*` environment variables. Requests
+//!   have an idle (read) timeout rather than object_store's whole-request timeout, which
+//!   would cut long downloads, and only four retries, so an unreachable store surfaces
+//!   as [`StoreError::Unavailable`] quickly. `PutMode::Create` relies on the server
+//!   honouring `If-None-Match: *` (moto, SeaweedFS and AWS do; rclone does not).
+//! * `memory://`: for tests.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
@@ -73,8 +80,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore,
+    ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -90,10 +97,24 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// one blocking-pool hop per read, which caps throughput.
 const LOCAL_READ_CHUNK: usize = 256 * 1024;
 
-/// S3 retries: few and quick, so an unreachable store becomes a 503 within seconds
-/// rather than after object_store's default three minutes.
+/// S3 retries: few, so a refused connection becomes a 503 within about two seconds
+/// rather than after object_store's default ten retries (about a minute).
 const S3_MAX_RETRIES: usize = 4;
-const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An S3 read that makes no progress for this long fails (and object_store resumes the
+/// download with a range request while its retries last).
+const S3_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// object_store's default 30 s timeout covers a whole request including its body, which
+/// would cut every download slower than that (a 1 GiB attachment to a phone). Use an
+/// idle timeout instead; `timeout`, `read_timeout` and `connect_timeout` options still
+/// override these.
+fn s3_client_defaults() -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout_disabled()
+        .with_read_timeout(S3_READ_TIMEOUT)
+        .with_connect_timeout(Duration::from_secs(5))
+}
 
 // === AttachmentId ===
 
@@ -320,7 +341,7 @@ impl StoreError {
         matches!(self, StoreError::Unavailable { .. })
     }
 
-    fn from_os(source: object_store::Error, path: &Path) -> Self {
+    fn from_object_store(source: object_store::Error, path: &Path) -> Self {
         if let object_store::Error::NotFound { .. } = source {
             return StoreError::NotFound {
                 path: path.to_string(),
@@ -477,8 +498,25 @@ impl Store {
                 if bucket.is_empty() {
                     return Err(StoreError::Config(format!("{url}: no bucket name")));
                 }
-                // from_env first so explicit options override AWS_* variables.
-                let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+                let mut builder = AmazonS3Builder::new()
+                    .with_client_options(s3_client_defaults())
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: S3_MAX_RETRIES,
+                        ..RetryConfig::default()
+                    });
+                // AWS_* variables as AmazonS3Builder::from_env reads them (which would
+                // replace the client defaults above), then explicit options over them.
+                for (key, value) in std::env::vars_os() {
+                    let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+                        continue;
+                    };
+                    if key.starts_with("AWS_") {
+                        if let Ok(parsed) = key.to_ascii_lowercase().parse() {
+                            builder = builder.with_config(parsed, value);
+                        }
+                    }
+                }
                 for (key, value) in options {
                     let parsed: AmazonS3ConfigKey =
                         key.to_ascii_lowercase().parse().map_err(|_| {
@@ -486,11 +524,7 @@ impl Store {
                         })?;
                     builder = builder.with_config(parsed, value);
                 }
-                builder = builder.with_retry(RetryConfig {
-                    backoff: BackoffConfig::default(),
-                    max_retries: S3_MAX_RETRIES,
-                    retry_timeout: S3_RETRY_TIMEOUT,
-                });
+                builder = builder.with_url(url.as_str());
                 let s3 = builder
                     .build()
                     .map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
@@ -571,10 +605,9 @@ impl Store {
                     let payload: PutPayload = first.into_iter().collect();
                     // Overwrite, not Create: a retried request whose first attempt
                     // succeeded would fail with AlreadyExists; ids are random and fresh.
-                    self.inner
-                        .put(&path, payload)
-                        .await
-                        .map_err(|e| PutBlobError::Store(StoreError::from_os(e, &path)))?;
+                    self.inner.put(&path, payload).await.map_err(|e| {
+                        PutBlobError::Store(StoreError::from_object_store(e, &path))
+                    })?;
                     return Ok(BlobInfo {
                         size,
                         sha256: hex(&hasher.finalize()),
@@ -597,7 +630,7 @@ impl Store {
             .inner
             .put_multipart(&path)
             .await
-            .map_err(|e| PutBlobError::Store(StoreError::from_os(e, &path)))?;
+            .map_err(|e| PutBlobError::Store(StoreError::from_object_store(e, &path)))?;
         let mut writer = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)));
         for chunk in first {
             writer.get().put(chunk);
@@ -613,7 +646,7 @@ impl Store {
                     }
                     hasher.update(&chunk);
                     if let Err(e) = writer.get().wait_for_capacity(PARTS_IN_FLIGHT).await {
-                        break Some(PutBlobError::Store(StoreError::from_os(e, &path)));
+                        break Some(PutBlobError::Store(StoreError::from_object_store(e, &path)));
                     }
                     writer.get().put(chunk);
                 }
@@ -632,7 +665,7 @@ impl Store {
         writer
             .finish()
             .await
-            .map_err(|e| PutBlobError::Store(StoreError::from_os(e, &path)))?;
+            .map_err(|e| PutBlobError::Store(StoreError::from_object_store(e, &path)))?;
         Ok(BlobInfo {
             size,
             sha256: hex(&hasher.finalize()),
@@ -657,7 +690,7 @@ impl Store {
                     }),
                 }
             }
-            Err(e) => Err(StoreError::from_os(e, &path)),
+            Err(e) => Err(StoreError::from_object_store(e, &path)),
         }
     }
 
@@ -670,7 +703,7 @@ impl Store {
         let bytes = match bytes {
             Ok(bytes) => bytes,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(StoreError::from_os(e, &path)),
+            Err(e) => return Err(StoreError::from_object_store(e, &path)),
         };
         let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
             path: path.to_string(),
@@ -687,7 +720,7 @@ impl Store {
     async fn put_marker(&self, path: &Path, body: String) -> Result<(), StoreError> {
         match self.inner.put_opts(path, body.into(), create()).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(StoreError::from_os(e, path)),
+            Err(e) => Err(StoreError::from_object_store(e, path)),
         }
     }
 
@@ -714,7 +747,7 @@ impl Store {
                 .list(Some(&dir))
                 .try_collect::<Vec<_>>()
                 .await
-                .map_err(|e| StoreError::from_os(e, &dir))
+                .map_err(|e| StoreError::from_object_store(e, &dir))
         };
         let (meta, markers) = futures_util::future::join(self.read_meta(id), markers).await;
         let Some(meta) = meta? else {
@@ -762,7 +795,7 @@ impl Store {
         let got = match self.inner.get_opts(&path, options).await {
             Ok(got) => got,
             Err(e @ object_store::Error::NotFound { .. }) => {
-                return Err(StoreError::from_os(e, &path))
+                return Err(StoreError::from_object_store(e, &path))
             }
             // Stores word an out-of-bounds range differently (S3 416, local InvalidRange):
             // decide from the size instead of the error.
@@ -771,10 +804,10 @@ impl Store {
                     Ok(head) if !range_overlaps(range.as_ref(), head.size) => {
                         StoreError::RangeNotSatisfiable { size: head.size }
                     }
-                    _ => StoreError::from_os(e, &path),
+                    _ => StoreError::from_object_store(e, &path),
                 })
             }
-            Err(e) => return Err(StoreError::from_os(e, &path)),
+            Err(e) => return Err(StoreError::from_object_store(e, &path)),
         };
         let size = got.meta.size;
         let served = got.range.clone();
@@ -786,7 +819,7 @@ impl Store {
             GetResultPayload::Stream(stream) => {
                 let path = path.clone();
                 stream
-                    .map_err(move |e| StoreError::from_os(e, &path))
+                    .map_err(move |e| StoreError::from_object_store(e, &path))
                     .boxed()
             }
         };
@@ -800,7 +833,7 @@ impl Store {
     async fn unsatisfiable(&self, path: &Path) -> StoreError {
         match self.inner.head(path).await {
             Ok(head) => StoreError::RangeNotSatisfiable { size: head.size },
-            Err(e) => StoreError::from_os(e, path),
+            Err(e) => StoreError::from_object_store(e, path),
         }
     }
 
@@ -820,7 +853,7 @@ impl Store {
         let mut ids: Vec<AttachmentId> = self
             .inner
             .list(Some(&dir))
-            .map_err(|e| StoreError::from_os(e, &dir))
+            .map_err(|e| StoreError::from_object_store(e, &dir))
             .try_filter_map(
                 |m| async move { Ok(m.location.filename().and_then(AttachmentId::parse)) },
             )
@@ -833,7 +866,7 @@ impl Store {
     async fn delete_if_present(&self, path: &Path) -> Result<(), StoreError> {
         match self.inner.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::from_os(e, path)),
+            Err(e) => Err(StoreError::from_object_store(e, path)),
         }
     }
 
@@ -863,7 +896,7 @@ impl Store {
         let err_dir = dir.clone();
         self.inner
             .list(Some(&dir))
-            .map_err(move |e| StoreError::from_os(e, &err_dir))
+            .map_err(move |e| StoreError::from_object_store(e, &err_dir))
             .try_filter_map(|m| async move {
                 let id = m
                     .location
@@ -886,7 +919,7 @@ impl Store {
         let err_dir = dir.clone();
         self.inner
             .list(Some(&dir))
-            .map_err(move |e| StoreError::from_os(e, &err_dir))
+            .map_err(move |e| StoreError::from_object_store(e, &err_dir))
             .try_filter_map(|m| async move {
                 Ok(m.location
                     .filename()
@@ -902,13 +935,13 @@ impl Store {
         self.inner
             .put_opts(&path, body.clone().into(), create())
             .await
-            .map_err(|e| StoreError::from_os(e, &path))?;
+            .map_err(|e| StoreError::from_object_store(e, &path))?;
         let read = match self.inner.get(&path).await {
             Ok(got) => got.bytes().await,
             Err(e) => Err(e),
         };
         let deleted = self.delete_if_present(&path).await;
-        let read = read.map_err(|e| StoreError::from_os(e, &path))?;
+        let read = read.map_err(|e| StoreError::from_object_store(e, &path))?;
         if read != body {
             return Err(StoreError::Corrupt {
                 path: path.to_string(),
@@ -1789,6 +1822,29 @@ mod tests {
         let url = url::Url::parse("s3://bucket/tenant/a").unwrap();
         let store = Store::from_url(&url, &s3_options(9)).unwrap();
         assert_eq!(store.to_string(), "s3://bucket/tenant/a");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_s3_times_out_as_unavailable() {
+        // Accepts connections and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::thread::spawn(move || {
+            listener
+                .incoming()
+                .take(S3_MAX_RETRIES + 1)
+                .collect::<Vec<_>>()
+        });
+        let url = url::Url::parse("s3://bucket").unwrap();
+        let mut options = s3_options(port);
+        options.push(("read_timeout".to_owned(), "200ms".to_owned()));
+        let store = Store::from_url(&url, &options).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), store.probe())
+            .await
+            .expect("a stalled store must time out")
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        drop(held);
     }
 
     #[tokio::test]
