@@ -139,8 +139,16 @@ impl Env {
     }
 
     /// A read: same resource, direct then proxied, compared.
-    pub async fn read_same(&self, what: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        self.read_same_as(USER, what, method, path, headers, body).await
+    pub async fn read_same(
+        &self,
+        what: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        self.read_same_as(USER, what, method, path, headers, body)
+            .await
     }
 
     pub async fn read_same_as(
@@ -179,7 +187,14 @@ impl Env {
         proxied
     }
 
-    pub fn assert_same(&self, what: &str, direct: &Reply, proxied: &Reply, substitutions: &[(String, String)], options: bool) {
+    pub fn assert_same(
+        &self,
+        what: &str,
+        direct: &Reply,
+        proxied: &Reply,
+        substitutions: &[(String, String)],
+        options: bool,
+    ) {
         let upstream_origin = self.up.origin();
         let proxy_origin = self.proxy.origin();
         assert_transparent(
@@ -260,14 +275,21 @@ async fn propfind_depth0(kind: Kind) {
     let principal = env.up.principal_path(HOME_READER);
     env.prime(HOME_READER, &home, "1").await;
     env.prime(HOME_READER, &principal, "0").await;
-    for (user, path) in [(USER, &cal), (HOME_READER, &home), (HOME_READER, &principal)] {
+    for (user, path) in [
+        (USER, &cal),
+        (HOME_READER, &home),
+        (HOME_READER, &principal),
+    ] {
         for (name, body) in [("allprop", ALLPROP), ("named props", NAMED_PROPS)] {
             env.read_same_as(
                 user,
                 &format!("PROPFIND Depth 0 {name} {path}"),
                 "PROPFIND",
                 path,
-                &[("Depth", "0"), ("Content-Type", "application/xml; charset=utf-8")],
+                &[
+                    ("Depth", "0"),
+                    ("Content-Type", "application/xml; charset=utf-8"),
+                ],
                 body,
             )
             .await;
@@ -284,13 +306,20 @@ async fn propfind_depth1(kind: Kind) {
     let home = env.up.home_path(HOME_READER);
     env.prime(HOME_READER, &home, "1").await;
     for (user, path) in [(USER, &cal), (HOME_READER, &home)] {
-        for (name, body) in [("allprop", ALLPROP), ("named props", NAMED_PROPS), ("empty body", "")] {
+        for (name, body) in [
+            ("allprop", ALLPROP),
+            ("named props", NAMED_PROPS),
+            ("empty body", ""),
+        ] {
             env.read_same_as(
                 user,
                 &format!("PROPFIND Depth 1 {name} {path}"),
                 "PROPFIND",
                 path,
-                &[("Depth", "1"), ("Content-Type", "application/xml; charset=utf-8")],
+                &[
+                    ("Depth", "1"),
+                    ("Content-Type", "application/xml; charset=utf-8"),
+                ],
                 body,
             )
             .await;
@@ -320,10 +349,24 @@ async fn mkcalendar(kind: Kind) {
         .write_lockstep("MKCALENDAR", "MKCALENDAR", &a, &b, &headers, body, &subst)
         .await;
     assert_eq!(created.status, 201, "{created:?}");
-    env.write_lockstep("MKCALENDAR on an existing calendar", "MKCALENDAR", &a, &b, &headers, body, &subst)
-        .await;
-    env.read_same("PROPFIND Depth 0 of the new calendar", "PROPFIND", &b, &[("Depth", "0")], NAMED_PROPS)
-        .await;
+    env.write_lockstep(
+        "MKCALENDAR on an existing calendar",
+        "MKCALENDAR",
+        &a,
+        &b,
+        &headers,
+        body,
+        &subst,
+    )
+    .await;
+    env.read_same(
+        "PROPFIND Depth 0 of the new calendar",
+        "PROPFIND",
+        &b,
+        &[("Depth", "0")],
+        NAMED_PROPS,
+    )
+    .await;
 }
 on_both!(mkcalendar:
     proxied_mkcalendar_answers_like_direct_on_radicale,
@@ -334,15 +377,38 @@ on_both!(mkcalendar:
 async fn put_if_none_match(kind: Kind) {
     let env = Env::new(kind);
     let (a, b, subst) = env.calendar_pair("put").await;
-    let ics = event(&unique("uid"), "Created with If-None-Match", "20250401T080000Z");
-    let headers = [("Content-Type", "text/calendar; charset=utf-8"), ("If-None-Match", "*")];
+    let ics = event(
+        &unique("uid"),
+        "Created with If-None-Match",
+        "20250401T080000Z",
+    );
+    let headers = [
+        ("Content-Type", "text/calendar; charset=utf-8"),
+        ("If-None-Match", "*"),
+    ];
     let (ea, eb) = (format!("{a}new.ics"), format!("{b}new.ics"));
     let created = env
-        .write_lockstep("PUT If-None-Match: * (new)", "PUT", &ea, &eb, &headers, &ics, &subst)
+        .write_lockstep(
+            "PUT If-None-Match: * (new)",
+            "PUT",
+            &ea,
+            &eb,
+            &headers,
+            &ics,
+            &subst,
+        )
         .await;
     assert_eq!(created.status, 201, "{created:?}");
     let again = env
-        .write_lockstep("PUT If-None-Match: * (exists)", "PUT", &ea, &eb, &headers, &ics, &subst)
+        .write_lockstep(
+            "PUT If-None-Match: * (exists)",
+            "PUT",
+            &ea,
+            &eb,
+            &headers,
+            &ics,
+            &subst,
+        )
         .await;
     assert_eq!(again.status, 412, "{again:?}");
     env.read_same("GET after PUT", "GET", &eb, &[], "").await;
@@ -365,17 +431,39 @@ async fn put_if_match(kind: Kind) {
         subst.push((x, y));
     }
     let second = event(&uid, "After", "20250402T090000Z");
-    let headers = [("Content-Type", "text/calendar; charset=utf-8"), ("If-Match", etag.as_str())];
+    let headers = [
+        ("Content-Type", "text/calendar; charset=utf-8"),
+        ("If-Match", etag.as_str()),
+    ];
     let updated = env
-        .write_lockstep("PUT If-Match current", "PUT", &ea, &eb, &headers, &second, &subst)
+        .write_lockstep(
+            "PUT If-Match current",
+            "PUT",
+            &ea,
+            &eb,
+            &headers,
+            &second,
+            &subst,
+        )
         .await;
     assert!(updated.status.is_success(), "{updated:?}");
     // `etag` is now stale on both objects.
     let stale = env
-        .write_lockstep("PUT If-Match stale", "PUT", &ea, &eb, &headers, &first, &subst)
+        .write_lockstep(
+            "PUT If-Match stale",
+            "PUT",
+            &ea,
+            &eb,
+            &headers,
+            &first,
+            &subst,
+        )
         .await;
     assert_eq!(stale.status, 412, "{stale:?}");
-    let missing = [("Content-Type", "text/calendar; charset=utf-8"), ("If-Match", "\"no-such-etag\"")];
+    let missing = [
+        ("Content-Type", "text/calendar; charset=utf-8"),
+        ("If-Match", "\"no-such-etag\""),
+    ];
     env.write_lockstep(
         "PUT If-Match on a missing object",
         "PUT",
@@ -386,7 +474,8 @@ async fn put_if_match(kind: Kind) {
         &subst,
     )
     .await;
-    env.read_same("GET after conditional PUTs", "GET", &eb, &[], "").await;
+    env.read_same("GET after conditional PUTs", "GET", &eb, &[], "")
+        .await;
 }
 on_both!(put_if_match:
     proxied_put_if_match_current_and_stale_answers_like_direct_on_radicale,
@@ -402,8 +491,14 @@ async fn get_and_head(kind: Kind) {
     assert_eq!(got.status, 200, "{got:?}");
     env.read_same("HEAD", "HEAD", href, &[], "").await;
     if let Some(etag) = got.header("etag") {
-        env.read_same("GET If-None-Match current", "GET", href, &[("If-None-Match", etag)], "")
-            .await;
+        env.read_same(
+            "GET If-None-Match current",
+            "GET",
+            href,
+            &[("If-None-Match", etag)],
+            "",
+        )
+        .await;
     }
 }
 on_both!(get_and_head:
@@ -427,7 +522,10 @@ async fn report_calendar_query(kind: Kind) {
             "REPORT calendar-query",
             "REPORT",
             &cal,
-            &[("Depth", "1"), ("Content-Type", "application/xml; charset=utf-8")],
+            &[
+                ("Depth", "1"),
+                ("Content-Type", "application/xml; charset=utf-8"),
+            ],
             body,
         )
         .await;
@@ -453,7 +551,10 @@ async fn report_multiget(kind: Kind) {
             "REPORT calendar-multiget",
             "REPORT",
             &cal,
-            &[("Depth", "1"), ("Content-Type", "application/xml; charset=utf-8")],
+            &[
+                ("Depth", "1"),
+                ("Content-Type", "application/xml; charset=utf-8"),
+            ],
             &body,
         )
         .await;
@@ -475,7 +576,13 @@ async fn report_sync_collection(kind: Kind) {
     };
     let headers = [("Content-Type", "application/xml; charset=utf-8")];
     let initial = env
-        .read_same("REPORT sync-collection (initial)", "REPORT", &cal, &headers, &sync(""))
+        .read_same(
+            "REPORT sync-collection (initial)",
+            "REPORT",
+            &cal,
+            &headers,
+            &sync(""),
+        )
         .await;
     assert_eq!(initial.status, 207, "{initial:?}");
     let text = initial.text();
@@ -490,8 +597,14 @@ async fn report_sync_collection(kind: Kind) {
         .send(&env.up.url(&hrefs[1]), "DELETE", &[], "", true)
         .await;
     assert!(reply.status.is_success(), "{reply:?}");
-    env.read_same("REPORT sync-collection (with token)", "REPORT", &cal, &headers, &sync(&token))
-        .await;
+    env.read_same(
+        "REPORT sync-collection (with token)",
+        "REPORT",
+        &cal,
+        &headers,
+        &sync(&token),
+    )
+    .await;
 }
 on_both!(report_sync_collection:
     proxied_report_sync_collection_equals_direct_on_radicale,
@@ -508,11 +621,27 @@ async fn delete_if_match(kind: Kind) {
     let etag_b = env.up.put_event(USER, &eb, &ics).await.expect("ETag");
     subst.push((etag_a, etag_b.clone()));
     let stale = env
-        .write_lockstep("DELETE If-Match stale", "DELETE", &ea, &eb, &[("If-Match", "\"stale\"")], "", &subst)
+        .write_lockstep(
+            "DELETE If-Match stale",
+            "DELETE",
+            &ea,
+            &eb,
+            &[("If-Match", "\"stale\"")],
+            "",
+            &subst,
+        )
         .await;
     assert_eq!(stale.status, 412, "{stale:?}");
     let deleted = env
-        .write_lockstep("DELETE If-Match current", "DELETE", &ea, &eb, &[("If-Match", etag_b.as_str())], "", &subst)
+        .write_lockstep(
+            "DELETE If-Match current",
+            "DELETE",
+            &ea,
+            &eb,
+            &[("If-Match", etag_b.as_str())],
+            "",
+            &subst,
+        )
         .await;
     assert!(deleted.status.is_success(), "{deleted:?}");
     env.read_same("GET after DELETE", "GET", &eb, &[], "").await;
@@ -529,7 +658,13 @@ async fn unauthenticated(kind: Kind) {
     for method in ["PROPFIND", "GET"] {
         let (direct, proxied) = env.both(method, &cal, &[("Depth", "0")], "", false).await;
         assert_eq!(direct.status, 401, "{direct:?}");
-        env.assert_same(&format!("{method} without credentials"), &direct, &proxied, &[], false);
+        env.assert_same(
+            &format!("{method} without credentials"),
+            &direct,
+            &proxied,
+            &[],
+            false,
+        );
     }
 }
 on_both!(unauthenticated:
@@ -540,7 +675,9 @@ async fn not_found(kind: Kind) {
     let env = Env::new(kind);
     let cal = env.up.calendar_path(USER);
     let missing = format!("{cal}{}.ics", unique("missing"));
-    let reply = env.read_same("GET of a missing object", "GET", &missing, &[], "").await;
+    let reply = env
+        .read_same("GET of a missing object", "GET", &missing, &[], "")
+        .await;
     assert_eq!(reply.status, 404, "{reply:?}");
 }
 on_both!(not_found:

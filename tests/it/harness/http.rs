@@ -4,13 +4,13 @@
 use bytes::Bytes;
 use futures_util::stream::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as Pooled};
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Cloneable; clones share the connection pool.
 #[derive(Clone)]
@@ -105,17 +105,21 @@ impl RequestBuilder {
     }
 
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
-        self.body = Some(Full::new(body.into()).map_err(|e| match e {}).boxed());
+        self.body = Some(
+            Full::new(body.into())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
         self
     }
 
     /// A body sent chunked (no Content-Length unless set as a header).
     pub fn stream<S>(mut self, stream: S) -> Self
     where
-        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         use futures_util::StreamExt;
-        self.body = Some(BodyExt::boxed(StreamBody::new(
+        self.body = Some(BodyExt::boxed_unsync(StreamBody::new(
             stream.map(|r| r.map(Frame::data)),
         )));
         self
@@ -127,7 +131,7 @@ impl RequestBuilder {
             .uri(&self.url)
             .body(
                 self.body
-                    .unwrap_or_else(|| Empty::new().map_err(|e| match e {}).boxed()),
+                    .unwrap_or_else(|| Empty::new().map_err(|e| match e {}).boxed_unsync()),
             )
             .expect("request");
         for (name, value) in self.headers {
@@ -141,6 +145,11 @@ impl RequestBuilder {
 
     /// Sends the request and reads the whole response (30 s deadline).
     pub async fn send(self) -> Reply {
+        self.send_with_timeout(Duration::from_secs(30)).await
+    }
+
+    /// Sends the request and reads the whole response within `deadline`.
+    pub async fn send_with_timeout(self, deadline: Duration) -> Reply {
         let what = format!("{} {}", self.method, self.url);
         let client = self.client.clone();
         let request = self.build();
@@ -159,8 +168,8 @@ impl RequestBuilder {
                 body,
             }
         };
-        tokio::time::timeout(Duration::from_secs(30), exchange)
+        tokio::time::timeout(deadline, exchange)
             .await
-            .unwrap_or_else(|_| panic!("{what}: no complete answer within 30s"))
+            .unwrap_or_else(|_| panic!("{what}: no complete answer within {deadline:?}"))
     }
 }

@@ -283,8 +283,10 @@ pub fn hang() -> RawServer {
     })
 }
 
-/// Answers `200` with `body` for every request, but only after the test
-/// sends on the returned channel; `arrived` reports each request first.
+/// Answers requests for `path` with `200` and `body`, but only after the
+/// test sends on `release`; `arrived` reports each such request first.
+/// Other requests (calattach probes its upstream with `OPTIONS /` at start)
+/// get an immediate `200` with a CalDAV `DAV:` header.
 pub struct Held {
     pub server: RawServer,
     pub arrived: mpsc::Receiver<String>,
@@ -292,7 +294,7 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn spawn(body: &'static str) -> Held {
+    pub fn spawn(path: &'static str, body: &'static str) -> Held {
         let (arrived_tx, arrived) = mpsc::channel::<String>();
         let (release, release_rx) = mpsc::channel::<()>();
         let arrived_tx = Mutex::new(arrived_tx);
@@ -307,6 +309,13 @@ impl Held {
                     return;
                 }
                 seen.lock().unwrap().push(head.start.clone());
+                if head.target() != path {
+                    let answer = "HTTP/1.1 200 OK\r\nDAV: 1, 2, 3, calendar-access\r\nContent-Length: 0\r\n\r\n";
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let _ = arrived_tx.lock().unwrap().send(head.start.clone());
                 if release_rx
                     .lock()
