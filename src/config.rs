@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_OVERRIDES: usize = 1000;
 pub const DEFAULT_COMMIT_RETRIES: u32 = 5;
 pub const DEFAULT_STORAGE_URL: &str = "file://./data";
+pub const DEFAULT_IDENTITY_CACHE_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDENTITY_CACHE_SIZE: usize = 10_000;
 
 const ENV_PREFIX: &str = "CALATTACH_";
 
@@ -100,6 +102,7 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub attachments: RawAttachments,
     pub storage: RawStorage,
+    pub identity: RawIdentity,
     pub log: RawLog,
 }
 
@@ -145,6 +148,14 @@ pub struct RawStorage {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    pub address_template: Option<String>,
+    pub cache_ttl: Option<String>,
+    pub cache_size: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
@@ -179,6 +190,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub attachments: AttachmentsConfig,
     pub storage: StorageConfig,
+    pub identity: crate::identity::IdentityConfig,
     pub log: LogConfig,
 }
 
@@ -405,6 +417,35 @@ impl Config {
                 .collect(),
         };
 
+        let mut i = raw.identity;
+        i.address_template = i.address_template.filter(|t| !t.is_empty());
+        if let Some(t) = &i.address_template {
+            if !t.contains("{user}") || !t.to_ascii_lowercase().starts_with("mailto:") {
+                return Err(ConfigError::value(
+                    "identity.address_template",
+                    t,
+                    "expected a mailto: URI containing {user}, e.g. mailto:{user}@example.org",
+                ));
+            }
+        }
+        let identity = crate::identity::IdentityConfig {
+            address_template: i.address_template,
+            cache_ttl: duration(
+                "identity.cache_ttl",
+                i.cache_ttl,
+                DEFAULT_IDENTITY_CACHE_TTL,
+            )?,
+            cache_size: usize_of(
+                "identity.cache_size",
+                count(
+                    "identity.cache_size",
+                    i.cache_size,
+                    DEFAULT_IDENTITY_CACHE_SIZE as u64,
+                )?,
+                1,
+            )?,
+        };
+
         let l = raw.log;
         let format = match l.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
@@ -427,6 +468,7 @@ impl Config {
             upstream,
             attachments,
             storage,
+            identity,
             log: LogConfig { format, level },
         })
     }
@@ -683,6 +725,9 @@ mod tests {
             "max_overrides",
             "no_recurrence",
             "commit_retries",
+            "address_template",
+            "cache_ttl",
+            "cache_size",
             "format",
             "level",
         ] {

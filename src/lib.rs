@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ical;
+pub mod identity;
 pub mod options;
 pub mod props;
 pub mod proxy;

@@ -27,6 +27,7 @@ use crate::attach;
 use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::error::Error;
+use crate::identity::IdentityCache;
 use crate::options;
 use crate::proxy::Upstream;
 use crate::router::{self, Route};
@@ -37,6 +38,7 @@ pub struct State {
     pub config: Config,
     pub upstream: Upstream,
     pub store: Store,
+    pub identity: IdentityCache,
 }
 
 impl State {
@@ -48,10 +50,12 @@ impl State {
                 config.storage.url.as_str()
             ))
         })?;
+        let identity = IdentityCache::new(config.identity.clone());
         Ok(State {
             config,
             upstream,
             store,
+            identity,
         })
     }
 }

@@ -74,6 +74,11 @@ impl Caller {
         })
     }
 
+    /// The `Authorization` value to replay, if any.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
+    }
+
     pub fn is_anonymous(&self) -> bool {
         self.authorization.is_none()
     }
