@@ -52,7 +52,7 @@ impl Identity {
     /// Whether `address` (an ORGANIZER or ATTENDEE value) is one of the caller's.
     pub fn has_address(&self, address: &str) -> bool {
         let a = normalize_address(address);
-        self.addresses.iter().any(|x| *x == a)
+        self.addresses.contains(&a)
     }
 
     /// Whether `path` is (or is inside) one of the caller's calendar homes.
@@ -88,11 +88,14 @@ pub struct IdentityConfig {
     pub cache_size: usize,
 }
 
+/// Keyed hash of one `Authorization` value.
+type Slot = [u8; 32];
+
 /// The per-credentials cache.
 pub struct IdentityCache {
     key: [u8; 32],
     config: IdentityConfig,
-    entries: Mutex<HashMap<[u8; 32], (Instant, Arc<Identity>)>>,
+    entries: Mutex<HashMap<Slot, (Instant, Arc<Identity>)>>,
 }
 
 // === impl IdentityCache ===
@@ -166,11 +169,7 @@ async fn fetch(
         (_, Err(refusal)) => return Ok(Resolved::Refused(refusal)),
         (_, Ok(p)) => p,
     };
-    let principal = props
-        .principal
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::Forbidden)?;
+    let principal = props.principal.first().cloned().ok_or(Error::Forbidden)?;
     let (_, props) = propfind(
         upstream,
         caller,
