@@ -28,7 +28,10 @@
 //!
 //! # Write order and crash points (DESIGN §4 invariant)
 //!
-//! An add runs: `put_blob` → `put_meta` → upstream commit → `add_ref` + `mark_live`.
+//! An add runs: `put_blob` → `put_meta` → `add_ref` → upstream commit → `mark_live`; a
+//! replaced or removed id gets `mark_removed` after the commit, then `remove_ref`. The refs
+//! index is thus a superset of what the upstream object references, never a subset: `gc`
+//! checks the upstream anyway, and a quota counted from it errs on the safe side.
 //!
 //! * crash during `put_blob`: nothing is visible under `blobs/<id>`. A multipart upload
 //!   that was neither completed nor aborted may linger as an incomplete S3 upload (give the
