@@ -320,30 +320,24 @@ fn parse_props(xml: &[u8]) -> Props {
                     }
                     b"current-user-principal" if is_dav => current = 0,
                     b"calendar-home-set" | b"calendar-user-address-set" if is_caldav => current = 0,
-                    b"propstat" if is_dav => {
-                        if status_ok {
-                            out.principal.append(&mut pending.principal);
-                            out.homes.append(&mut pending.homes);
-                            out.addresses.append(&mut pending.addresses);
-                        }
+                    b"propstat" if is_dav && status_ok => {
+                        out.principal.append(&mut pending.principal);
+                        out.homes.append(&mut pending.homes);
+                        out.addresses.append(&mut pending.addresses);
                     }
                     _ => {}
                 }
             }
-            Ok((_, Event::Text(t))) => {
-                if in_status || in_href {
-                    text.push_str(&t.decode().unwrap_or_default());
-                }
+            Ok((_, Event::Text(t))) if in_status || in_href => {
+                text.push_str(&t.decode().unwrap_or_default());
             }
-            Ok((_, Event::GeneralRef(r))) => {
-                if in_status || in_href {
-                    let name = r.decode().unwrap_or_default();
-                    match quick_xml::escape::resolve_predefined_entity(&name) {
-                        Some(v) => text.push_str(v),
-                        None => {
-                            if let Ok(Some(c)) = r.resolve_char_ref() {
-                                text.push(c);
-                            }
+            Ok((_, Event::GeneralRef(r))) if in_status || in_href => {
+                let name = r.decode().unwrap_or_default();
+                match quick_xml::escape::resolve_predefined_entity(&name) {
+                    Some(v) => text.push_str(v),
+                    None => {
+                        if let Ok(Some(c)) = r.resolve_char_ref() {
+                            text.push(c);
                         }
                     }
                 }
