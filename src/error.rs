@@ -104,6 +104,9 @@ pub enum Error {
     StorageUnavailable(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// `507`: the store is full (RFC 4918 §11.5); nothing changed.
+    #[error("storage full: {0}")]
+    InsufficientStorage(String),
     #[error("unauthorized: {0}")]
     Unauthorized(String),
     #[error("internal error: {0}")]
@@ -126,6 +129,7 @@ impl Error {
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }

@@ -270,7 +270,13 @@ async fn store_upload(
         sha256: info.sha256,
         created: chrono::Utc::now(),
     };
-    if let Err(e) = state.store.put_meta(&meta).await {
+    // Metadata, then the reference index, both before the commit: the index must stay a
+    // superset of what upstream objects reference (store module docs).
+    let recorded = match state.store.put_meta(&meta).await {
+        Ok(()) => state.store.add_ref(path, &id).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
         let _ = state.store.discard(&id).await;
         return Err(store_error(e));
     }
@@ -280,7 +286,9 @@ async fn store_upload(
 }
 
 pub fn store_error(e: crate::store::StoreError) -> Error {
-    if e.is_unavailable() {
+    if matches!(e, crate::store::StoreError::Full { .. }) {
+        Error::InsufficientStorage(crate::proxy::error_chain(&e))
+    } else if e.is_unavailable() {
         Error::StorageUnavailable(crate::proxy::error_chain(&e))
     } else {
         Error::Storage(crate::proxy::error_chain(&e))
@@ -417,9 +425,6 @@ async fn finish_store(
 ) {
     let store = &state.store;
     if let Some(u) = upload {
-        if let Err(e) = store.add_ref(path, &u.id).await {
-            tracing::warn!(id = %u.id.as_str(), error = %e, "recording reference failed");
-        }
         if let Err(e) = store.mark_live(&u.id).await {
             tracing::warn!(id = %u.id.as_str(), error = %e, "marking attachment live failed");
         }
