@@ -18,7 +18,7 @@
 //! before its deadline fails the test with its captured stderr.
 //!
 //! The Python servers come from the project venv (`scripts/venv.sh`), found
-//! through `CALATTACH_VENV` (default `<repo>/.venv`).
+//! through `VENV_DIR` (default `<repo>/.venv`), as `scripts/venv.sh` does.
 
 #![allow(dead_code)]
 
@@ -45,7 +45,7 @@ pub fn repo_root() -> PathBuf {
 
 /// The project venv holding the pinned Radicale, Xandikos and moto.
 pub fn venv() -> PathBuf {
-    match std::env::var_os("CALATTACH_VENV") {
+    match std::env::var_os("VENV_DIR") {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => repo_root().join(".venv"),
     }
@@ -57,7 +57,7 @@ pub fn python() -> PathBuf {
     let py = venv().join("bin/python");
     assert!(
         py.exists(),
-        "no Python venv at {} (run scripts/venv.sh, or set CALATTACH_VENV)",
+        "no Python venv at {} (run scripts/venv.sh, or set VENV_DIR)",
         venv().display()
     );
     py

@@ -41,7 +41,7 @@ impl Proc {
             .stderr(File::create(&stderr).expect("create stderr log"))
             .process_group(0);
         // The proxy reads CALATTACH_* as config overrides; the test
-        // environment (e.g. CALATTACH_VENV) must not leak into it.
+        // environment must not leak into it.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("CALATTACH_") {
                 command.env_remove(key);
