@@ -9,9 +9,12 @@
 //! state/<id>/live              marker (Create): an upstream object was seen to reference <id>
 //! state/<id>/removed           marker (Create): tombstone; body = RFC 3339 time + reason
 //! refs/<sha256(href) hex>/<id> empty marker: index from a calendar object to its ids
+//! holders/<id>/<sha256(href) hex> marker (JSON Holder): reverse index, written by the guard
+//! audience/<id>.json           organizer + attendees (Audience); the one overwritten object
 //! ```
 //!
-//! Every object is written exactly once and never updated: `LocalFileSystem` has no
+//! Every object but `audience/<id>.json` (advisory, see [`Audience`]) is written exactly
+//! once and never updated: `LocalFileSystem` has no
 //! `PutMode::Update`, and write-once objects let any number of calattach instances and `gc`
 //! runs race without locks. The state of an id follows from which objects exist:
 //!
@@ -952,6 +955,128 @@ impl Store {
             });
         }
         deleted
+    }
+}
+
+// === audience and holders (access rules, DESIGN §5–6) ===
+
+/// Who may see an attachment because of the event it belongs to: the organizer and
+/// attendees of the organizer's object, as last written. Stored as
+/// `audience/<id>.json` and **overwritten** (`PutMode::Overwrite`) on every commit and
+/// every successful guarded PUT of the organizer's object, so an attendee who is
+/// uninvited loses access. It is advisory and last-writer-wins: two concurrent PUTs of
+/// the same event may leave either one's list, which the next PUT corrects. Unlike
+/// `meta/` it is mutable; nothing else in the store is.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Audience {
+    /// UID of the event the lists come from.
+    pub uid: String,
+    /// `ORGANIZER` value, normalised (`mailto:` lower-cased); `None` for an event
+    /// without scheduling.
+    pub organizer: Option<String>,
+    /// `ATTENDEE` values, normalised.
+    pub attendees: Vec<String>,
+}
+
+/// A calendar object (other than the one the attachment was created in) that holds an
+/// id, as recorded by the guard: `holders/<id>/<sha256(href) hex>` (write-once marker
+/// whose body is this JSON). The reverse of `refs/`, so "does any object still
+/// reference this id" needs no scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub href: String,
+    /// The object is on the organizer's side (not an attendee's copy): those who can
+    /// read it may download (sharees, delegates).
+    pub organizer_side: bool,
+}
+
+fn audience_path(id: &AttachmentId) -> Path {
+    Path::from_iter(["audience", &format!("{id}.json")])
+}
+
+fn holders_dir(id: &AttachmentId) -> Path {
+    Path::from_iter(["holders", id.as_str()])
+}
+
+fn holder_path(id: &AttachmentId, href: &str) -> Path {
+    Path::from_iter([
+        "holders",
+        id.as_str(),
+        &hex(&Sha256::digest(href.as_bytes())),
+    ])
+}
+
+impl Store {
+    /// Overwrites `audience/<id>.json` (see [`Audience`]).
+    pub async fn put_audience(&self, id: &AttachmentId, a: &Audience) -> Result<(), StoreError> {
+        let path = audience_path(id);
+        let json = serde_json::to_vec(a).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            source: Box::new(e),
+        })?;
+        self.inner
+            .put(&path, json.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_object_store(e, &path))
+    }
+
+    /// The recorded audience of `id`, if any.
+    pub async fn audience(&self, id: &AttachmentId) -> Result<Option<Audience>, StoreError> {
+        let path = audience_path(id);
+        let bytes = match self.inner.get(&path).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        match bytes {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: path.to_string(),
+                    source: Box::new(e),
+                }),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::from_object_store(e, &path)),
+        }
+    }
+
+    /// Records that the object `href` holds `id` (idempotent: the first marker stands).
+    pub async fn add_holder(&self, id: &AttachmentId, holder: &Holder) -> Result<(), StoreError> {
+        let body = serde_json::to_string(holder).unwrap_or_default();
+        self.put_marker(&holder_path(id, &holder.href), body).await
+    }
+
+    /// Forgets that `href` holds `id`; absent entries succeed.
+    pub async fn remove_holder(&self, id: &AttachmentId, href: &str) -> Result<(), StoreError> {
+        self.delete_if_present(&holder_path(id, href)).await
+    }
+
+    /// Objects recorded as holding `id` (unreadable markers are skipped).
+    pub async fn holders(&self, id: &AttachmentId) -> Result<Vec<Holder>, StoreError> {
+        let dir = holders_dir(id);
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::from_object_store(e, &dir))?;
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let bytes = match self.inner.get(&m.location).await {
+                Ok(got) => got.bytes().await,
+                Err(e) => Err(e),
+            };
+            match bytes {
+                Ok(b) => {
+                    if let Ok(h) = serde_json::from_slice::<Holder>(&b) {
+                        out.push(h);
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::from_object_store(e, &m.location)),
+            }
+        }
+        Ok(out)
     }
 }
 
