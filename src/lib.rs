@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod ical;
 pub mod identity;
+pub mod metrics;
 pub mod options;
 pub mod props;
 pub mod proxy;

@@ -234,6 +234,7 @@ pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> 
     let started = Instant::now();
     let method = req.method().clone();
     let route = router::route(req.method(), req.uri(), &state.config.attachments.prefix);
+    let action = crate::metrics::Metrics::attach_action(route, req.uri());
     let result = match route {
         Route::Forward => state.upstream.forward(req, peer).await,
         Route::Options => forward_options(req, state, peer).await,
@@ -245,6 +246,7 @@ pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> 
         Route::Download => attach::get::handle(req, state).await,
     };
     let resp = result.unwrap_or_else(Error::into_response);
+    crate::metrics::get().attachment_done(action, resp.status());
     AccessLog::wrap(resp, method, route, started)
 }
 
@@ -297,6 +299,7 @@ async fn serve_admin(listener: TcpListener, state: Arc<State>) {
 async fn admin(req: Request<Incoming>, state: &State) -> Response<Body> {
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/metrics" => return metrics_response(),
         "/readyz" => match probe_upstream(&state.upstream).await {
             Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
             Err(e) => (
@@ -311,6 +314,16 @@ async fn admin(req: Request<Incoming>, state: &State) -> Response<Body> {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// `GET /metrics`: the Prometheus text exposition (src/metrics.rs).
+fn metrics_response() -> Response<Body> {
+    let mut resp = Response::new(body::full(crate::metrics::get().encode()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     resp
 }
@@ -358,6 +371,7 @@ impl AccessLog {
             return;
         }
         self.done = true;
+        crate::metrics::get().request_done(self.route, &self.method, self.status, self.bytes);
         let _enter = self.span.enter();
         tracing::info!(
             status = self.status.as_u16(),

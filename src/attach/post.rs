@@ -242,6 +242,7 @@ async fn store_upload(
     let max = state.config.attachments.max_attachment_size;
     let id = AttachmentId::new();
     let stream = BodyDataStream::new(incoming);
+    let uploading = crate::metrics::get().upload_started();
     let info = match state.store.put_blob(&id, stream, max).await {
         Ok(info) => info,
         Err(PutBlobError::TooLarge { max_size }) => {
@@ -257,6 +258,8 @@ async fn store_upload(
         }
         Err(PutBlobError::Store(e)) => return Err(store_error(e)),
     };
+    drop(uploading);
+    crate::metrics::get().attachment_stored(info.size);
     let filename = params::filename(headers);
     let media_type = params::media_type(headers);
     let meta = Meta {
@@ -286,6 +289,7 @@ async fn store_upload(
 }
 
 pub fn store_error(e: crate::store::StoreError) -> Error {
+    crate::metrics::get().store_error(&e);
     if matches!(e, crate::store::StoreError::Full { .. }) {
         Error::InsufficientStorage(crate::proxy::error_chain(&e))
     } else if e.is_unavailable() {
@@ -365,6 +369,7 @@ async fn commit(
         }
         super::drain(resp).await;
         attempt += 1;
+        crate::metrics::get().commit_retry();
         if attempt > retries {
             return Err(Outcome::Failed(Error::Conflict(format!(
                 "{path} kept changing; gave up after {retries} retries"

@@ -91,6 +91,7 @@ impl Upstream {
     /// head. Unreachable → [`Error::UpstreamUnavailable`], no head in time →
     /// [`Error::UpstreamTimeout`]. The body streams afterwards without a deadline.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, Error> {
+        let _timer = crate::metrics::get().upstream_timer();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
