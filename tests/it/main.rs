@@ -6,9 +6,11 @@
 
 mod harness;
 
+mod attach;
 mod bodies;
 mod config;
 mod failure;
+mod props;
 mod servers;
 mod streaming;
 mod transparency;
