@@ -37,6 +37,29 @@ pub enum Command {
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
     },
+    /// Exit 0 when the admin listener answers `GET /healthz` with 200, else 1 (for
+    /// container health checks).
+    Healthcheck {
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Admin address to ask instead of the configuration's `server.admin_listen`.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<std::net::SocketAddr>,
+    },
+    /// Add, update, remove, list or download managed attachments (RFC 8607) on any
+    /// server that supports them.
+    Attach(crate::client::AttachArgs),
+    /// Delete tombstones past retention and pending attachments proven unreferenced.
+    Gc {
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete tombstones at least this old instead of `gc.retention` (e.g. 0, 1h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+    },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -55,6 +78,30 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Gc {
+            config,
+            dry_run,
+            older_than,
+        } => {
+            let Some(cfg) = load(&config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            init_tracing(&cfg);
+            let retention = match older_than.as_deref() {
+                None => cfg.gc.retention,
+                Some("0") => std::time::Duration::ZERO,
+                Some(v) => match humantime::parse_duration(v) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("calattach: --older-than {v:?}: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+            };
+            runtime().block_on(gc(cfg, dry_run, retention))
+        }
+        Command::Healthcheck { config, address } => healthcheck(&config, address),
+        Command::Attach(args) => crate::client::run(args),
         Command::CheckConfig { config } => {
             let Some(cfg) = load(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -105,13 +152,44 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
+async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitCode {
+    let state = match server::State::new(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("calattach: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let opts = crate::gc::Options {
+        dry_run,
+        retention,
+        pending_grace: state.config.gc.pending_grace,
+    };
+    let report = crate::gc::run(&state, &opts, |line| println!("{line}")).await;
+    println!(
+        "gc{}: {} tombstones, {} pending and {} orphan blobs deleted; {} pending promoted, {} left; {} errors",
+        if dry_run { " (dry run)" } else { "" },
+        report.tombstones_deleted,
+        report.pending_deleted,
+        report.orphan_blobs_deleted,
+        report.pending_promoted,
+        report.pending_left,
+        report.errors
+    );
+    if report.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Probes what `serve` depends on; prints one line per check. True when all pass.
 async fn check(cfg: &Config) -> bool {
     let mut ok = true;
     let state = match server::State::new(cfg.clone()) {
         Ok(s) => s,
         Err(e) => {
-            println!("upstream {}: {e}", cfg.upstream.url);
+            println!("FAIL: {e}");
             return false;
         }
     };
@@ -143,5 +221,160 @@ async fn check(cfg: &Config) -> bool {
             ok = false;
         }
     }
+    ok &= check_prefix(&state).await;
+    ok &= check_storage(&state).await;
+    ok &= check_public_url(cfg);
     ok
+}
+
+/// calattach answers everything under `attachments.prefix` itself, so whatever the
+/// upstream has there becomes unreachable. An unauthenticated `GET <prefix>/` upstream
+/// must answer 404 (or 410); 401/403 cannot tell and only warn; anything else (a
+/// resource, a redirect, a server error) fails.
+async fn check_prefix(state: &server::State) -> bool {
+    let prefix = &state.config.attachments.prefix;
+    let probe = async {
+        let mut req = http::Request::new(crate::body::empty());
+        *req.uri_mut() = state.upstream.uri_for(&format!("{prefix}/"))?;
+        req.headers_mut()
+            .insert(http::header::HOST, state.upstream.authority().clone());
+        let resp = state.upstream.send(req).await?;
+        let status = resp.status();
+        crate::attach::drain(resp).await;
+        Ok::<_, crate::error::Error>(status)
+    };
+    match probe.await {
+        Ok(s) if s == http::StatusCode::NOT_FOUND || s == http::StatusCode::GONE => {
+            println!("attachments.prefix {prefix}: ok (the upstream has nothing there: {s})");
+            true
+        }
+        Ok(s) if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN => {
+            println!(
+                "attachments.prefix {prefix}: WARN: the upstream answered {s} without \
+                 credentials, so whether it has resources under {prefix}/ is unknown; \
+                 calattach would hide them"
+            );
+            true
+        }
+        Ok(s) => {
+            println!(
+                "attachments.prefix {prefix}: FAIL: prefix collision: the upstream answers \
+                 GET {prefix}/ with {s}, not 404; calattach serves every path under the \
+                 prefix itself and would hide what the upstream has there. Choose another \
+                 attachments.prefix"
+            );
+            false
+        }
+        Err(e) => {
+            println!("attachments.prefix {prefix}: FAIL: cannot ask the upstream: {e}");
+            false
+        }
+    }
+}
+
+/// Writes, reads back and deletes a probe object.
+async fn check_storage(state: &server::State) -> bool {
+    match state.store.probe().await {
+        Ok(()) => {
+            println!("storage {}: ok (write, read and delete)", state.store);
+            true
+        }
+        Err(e) => {
+            println!(
+                "storage {}: FAIL: cannot write, read and delete a probe object: {}",
+                state.store,
+                crate::proxy::error_chain(&e)
+            );
+            false
+        }
+    }
+}
+
+/// ATTACH URLs are built from `server.public_url`: clients must be able to reach it.
+fn check_public_url(cfg: &Config) -> bool {
+    let url = &cfg.server.public_url;
+    let host = url.host();
+    let unspecified = match host {
+        Some(url::Host::Ipv4(a)) => a.is_unspecified(),
+        Some(url::Host::Ipv6(a)) => a.is_unspecified(),
+        _ => false,
+    };
+    if unspecified {
+        println!(
+            "server.public_url {url}: FAIL: {} is a listening address, not one clients can \
+             reach; set the name clients use (ATTACH URLs are built from it)",
+            host.map(|h| h.to_string()).unwrap_or_default()
+        );
+        return false;
+    }
+    let loopback = match host {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if loopback && !cfg.server.listen.ip().is_loopback() {
+        println!(
+            "server.public_url {url}: WARN: a loopback address while calattach listens on \
+             {}; clients on other machines will get attachment URLs they cannot open",
+            cfg.server.listen
+        );
+    } else {
+        println!("server.public_url {url}: ok");
+    }
+    true
+}
+
+/// `GET /healthz` on the admin listener; an unspecified listen address (0.0.0.0) is
+/// asked on loopback.
+fn healthcheck(config: &std::path::Path, address: Option<std::net::SocketAddr>) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr = match address {
+        Some(a) => a,
+        None => {
+            let Some(cfg) = load(config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let Some(a) = cfg.server.admin_listen else {
+                eprintln!("calattach: server.admin_listen is disabled; nothing to check");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            a
+        }
+    };
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(5);
+    let result = (|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 32];
+        let n = s.read(&mut head)?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match result {
+        Ok(head) if head.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(head) => {
+            eprintln!(
+                "calattach: http://{addr}/healthz answered {:?}",
+                head.lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("calattach: http://{addr}/healthz: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_OVERRIDES: usize = 1000;
 pub const DEFAULT_COMMIT_RETRIES: u32 = 5;
 pub const DEFAULT_STORAGE_URL: &str = "file://./data";
+pub const DEFAULT_GC_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_GC_PENDING_GRACE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_IDENTITY_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDENTITY_CACHE_SIZE: usize = 10_000;
 
@@ -103,6 +105,7 @@ pub struct RawConfig {
     pub attachments: RawAttachments,
     pub storage: RawStorage,
     pub identity: RawIdentity,
+    pub gc: RawGc,
     pub log: RawLog,
 }
 
@@ -137,6 +140,7 @@ pub struct RawAttachments {
     pub max_overrides: Option<i64>,
     pub no_recurrence: Option<bool>,
     pub commit_retries: Option<i64>,
+    pub download: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +156,16 @@ pub struct RawIdentity {
     pub address_template: Option<String>,
     pub cache_ttl: Option<String>,
     pub cache_size: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGc {
+    pub retention: Option<String>,
+    pub pending_grace: Option<String>,
+    pub interval: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,7 +205,32 @@ pub struct Config {
     pub attachments: AttachmentsConfig,
     pub storage: StorageConfig,
     pub identity: crate::identity::IdentityConfig,
+    pub gc: GcConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone)]
+pub struct GcConfig {
+    /// Tombstones older than this are deleted (`0` = at the next pass).
+    pub retention: Duration,
+    /// Pending ids and orphan blobs younger than this are never touched.
+    pub pending_grace: Duration,
+    /// Run gc inside `serve` this often; `None` = only `calattach gc`.
+    pub interval: Option<Duration>,
+    /// Service credential used to prove pending ids unreferenced.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for GcConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcConfig")
+            .field("retention", &self.retention)
+            .field("pending_grace", &self.pending_grace)
+            .field("interval", &self.interval)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +264,16 @@ pub struct AttachmentsConfig {
     pub max_overrides: usize,
     pub no_recurrence: bool,
     pub commit_retries: u32,
+    pub download: DownloadMode,
+}
+
+/// How attachments are served (DESIGN §6; trade-offs in docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadMode {
+    /// Credentials checked against the access rules (default).
+    Auth,
+    /// The unguessable id in the path is the credential: served to anyone holding it.
+    Capability,
 }
 
 #[derive(Debug, Clone)]
@@ -398,6 +447,17 @@ impl Config {
             )?
             .try_into()
             .map_err(|_| ConfigError::value("attachments.commit_retries", "", "too large"))?,
+            download: match a.download.as_deref().unwrap_or("auth") {
+                "auth" => DownloadMode::Auth,
+                "capability" => DownloadMode::Capability,
+                other => {
+                    return Err(ConfigError::value(
+                        "attachments.download",
+                        other,
+                        "expected \"auth\" or \"capability\" (\"redirect\" to presigned S3 URLs is not implemented)",
+                    ))
+                }
+            },
         };
 
         let st = raw.storage;
@@ -446,6 +506,22 @@ impl Config {
             )?,
         };
 
+        let g = raw.gc;
+        let gc = GcConfig {
+            retention: duration_or_zero("gc.retention", g.retention, DEFAULT_GC_RETENTION)?,
+            pending_grace: duration_or_zero(
+                "gc.pending_grace",
+                g.pending_grace,
+                DEFAULT_GC_PENDING_GRACE,
+            )?,
+            interval: match g.interval.as_deref() {
+                None | Some("") | Some("0") => None,
+                Some(_) => Some(duration("gc.interval", g.interval, Duration::ZERO)?),
+            },
+            username: g.username.filter(|u| !u.is_empty()),
+            password: g.password,
+        };
+
         let l = raw.log;
         let format = match l.format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
@@ -469,6 +545,7 @@ impl Config {
             attachments,
             storage,
             identity,
+            gc,
             log: LogConfig { format, level },
         })
     }
@@ -620,6 +697,18 @@ fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Durat
     }
 }
 
+/// Like [`duration`], and a bare `0` means zero.
+fn duration_or_zero(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value.as_deref() {
+        Some("0") => Ok(Duration::ZERO),
+        _ => duration(key, value, default),
+    }
+}
+
 fn count(key: &str, value: Option<i64>, default: u64) -> Result<u64, ConfigError> {
     match value {
         None => Ok(default),
@@ -725,9 +814,15 @@ mod tests {
             "max_overrides",
             "no_recurrence",
             "commit_retries",
+            "download",
             "address_template",
             "cache_ttl",
             "cache_size",
+            "retention",
+            "pending_grace",
+            "interval",
+            "username",
+            "password",
             "format",
             "level",
         ] {

@@ -7,8 +7,10 @@
 pub mod attach;
 pub mod body;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod ical;
 pub mod identity;
 pub mod metrics;

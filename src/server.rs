@@ -86,6 +86,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(admin = %admin.local_addr()?, "admin listening");
         tokio::spawn(serve_admin(admin, state.clone()));
     }
+    if let Some(interval) = state.config.gc.interval {
+        tracing::info!(?interval, "periodic gc enabled");
+        tokio::spawn(crate::gc::periodic(state.clone(), interval));
+    }
     run_until_shutdown(listener, state).await;
     Ok(())
 }
@@ -244,6 +248,8 @@ pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> 
         }),
         Route::Attach => attach::post::handle(req, state).await,
         Route::Download => attach::get::handle(req, state).await,
+        Route::Guard => attach::guard::handle(req, state, peer).await,
+        Route::Props => crate::props::http::handle(req, state, peer).await,
     };
     let resp = result.unwrap_or_else(Error::into_response);
     crate::metrics::get().attachment_done(action, resp.status());

@@ -1,0 +1,284 @@
+//! Garbage collection: `calattach gc` (DESIGN §4 invariant, §8).
+//!
+//! The promise is that no attachment is ever lost and no storage leaks forever. gc only
+//! deletes what it has proven unreferenced:
+//!
+//! * **tombstones** (`removed`) older than `gc.retention` — their blobs were replaced or
+//!   removed by an attachment POST or by a PUT/DELETE that dropped the last reference.
+//!   After deletion the id is unknown (downloads answer 404 instead of 410);
+//! * **pending** attachments older than `gc.pending_grace` whose calendar object,
+//!   read upstream with the service credential (`gc.username`/`gc.password`), does not
+//!   reference them (or no longer exists). A pending id the object *does* reference is
+//!   promoted to `live` instead (the commit happened, the state change was lost). Without
+//!   a service credential, or when the upstream refuses it, pending ids are reported and
+//!   left alone;
+//! * **orphan blobs** (a blob without metadata: a crash between the blob write and the
+//!   metadata write) older than `gc.pending_grace`.
+//!
+//! Concurrency: every deletion is idempotent (`Store::discard` tolerates objects that are
+//! already gone), and markers are create-only, so two gc runs and any number of serving
+//! instances can run at once without a lock: each thing is deleted once, a second delete
+//! is a no-op. The grace period keeps gc away from uploads still in flight: a commit
+//! happens within one request, bounded by the upstream timeouts, far below the grace.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::TryStreamExt;
+use http::HeaderMap;
+
+use crate::attach::{self, Caller, Fetched};
+use crate::ical::Calendar;
+use crate::server::State;
+use crate::store::{AttachmentId, State as AttState};
+
+/// What one gc pass did (or would do, in a dry run).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub tombstones_deleted: u64,
+    pub pending_deleted: u64,
+    pub pending_promoted: u64,
+    pub pending_left: u64,
+    pub orphan_blobs_deleted: u64,
+    pub errors: u64,
+}
+
+/// Options of one pass.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dry_run: bool,
+    /// Tombstones at least this old are deleted (default `gc.retention`).
+    pub retention: Duration,
+    /// Pending ids and orphan blobs at least this old are examined.
+    pub pending_grace: Duration,
+}
+
+/// Runs one pass, printing one line per action through `say`.
+pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> Report {
+    let mut report = Report::default();
+    let verb = |done: &str, would: &str| {
+        if opts.dry_run {
+            would.to_owned()
+        } else {
+            done.to_owned()
+        }
+    };
+    let now = Utc::now();
+    let service = service_caller(state);
+    let base = attach::url_base(&state.upstream, &state.config.attachments.prefix);
+
+    let ids: Vec<AttachmentId> = match state.store.list_ids().try_collect().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            say(format!("error: listing attachments: {e}"));
+            report.errors += 1;
+            return report;
+        }
+    };
+    let mut known = std::collections::HashSet::new();
+    for id in ids {
+        known.insert(id.clone());
+        let found = match state.store.state(&id).await {
+            Ok(f) => f,
+            Err(e) => {
+                say(format!("error: {}: reading state: {e}", id.as_str()));
+                report.errors += 1;
+                continue;
+            }
+        };
+        let Some((meta, st)) = found else { continue };
+        match st {
+            AttState::Live => {}
+            AttState::Removed { since } => {
+                let age = (now - since).to_std().unwrap_or_default();
+                if age < opts.retention {
+                    continue;
+                }
+                if !opts.dry_run {
+                    if let Err(e) = state.store.discard(&id).await {
+                        say(format!("error: {}: deleting tombstone: {e}", id.as_str()));
+                        report.errors += 1;
+                        continue;
+                    }
+                }
+                report.tombstones_deleted += 1;
+                say(format!(
+                    "{} tombstone {} (removed {})",
+                    verb("deleted", "would delete"),
+                    id.as_str(),
+                    since.to_rfc3339()
+                ));
+            }
+            AttState::Pending => {
+                let age = (now - meta.created).to_std().unwrap_or_default();
+                if age < opts.pending_grace {
+                    continue;
+                }
+                let Some(caller) = &service else {
+                    report.pending_left += 1;
+                    say(format!(
+                        "left pending {} ({}): no gc credentials configured to prove it unreferenced",
+                        id.as_str(),
+                        meta.href
+                    ));
+                    continue;
+                };
+                let max = state.config.attachments.max_object_size;
+                let referenced =
+                    match attach::fetch_object(&state.upstream, caller, &meta.href, max).await {
+                        Ok(Fetched::Object(o)) => match Calendar::parse(&o.bytes) {
+                            Ok(cal) => {
+                                Some(cal.attach_refs(&base).iter().any(|r| r.id == id.as_str()))
+                            }
+                            // An object we cannot parse proves nothing.
+                            Err(_) => None,
+                        },
+                        Ok(Fetched::Relay(r)) if r.status() == http::StatusCode::NOT_FOUND => {
+                            Some(false)
+                        }
+                        Ok(Fetched::Relay(r)) => {
+                            say(format!(
+                                "left pending {} ({}): upstream answered {} to the gc credentials",
+                                id.as_str(),
+                                meta.href,
+                                r.status().as_u16()
+                            ));
+                            report.pending_left += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            say(format!(
+                                "error: {}: reading {}: {e}",
+                                id.as_str(),
+                                meta.href
+                            ));
+                            report.errors += 1;
+                            continue;
+                        }
+                    };
+                match referenced {
+                    Some(true) => {
+                        if !opts.dry_run {
+                            if let Err(e) = state.store.mark_live(&id).await {
+                                say(format!("error: {}: promoting: {e}", id.as_str()));
+                                report.errors += 1;
+                                continue;
+                            }
+                        }
+                        report.pending_promoted += 1;
+                        say(format!(
+                            "{} pending {}: referenced by {}",
+                            verb("promoted", "would promote"),
+                            id.as_str(),
+                            meta.href
+                        ));
+                    }
+                    Some(false) => {
+                        if !opts.dry_run {
+                            if let Err(e) = state.store.discard(&id).await {
+                                say(format!("error: {}: deleting: {e}", id.as_str()));
+                                report.errors += 1;
+                                continue;
+                            }
+                        }
+                        report.pending_deleted += 1;
+                        say(format!(
+                            "{} pending {}: not referenced by {}",
+                            verb("deleted", "would delete"),
+                            id.as_str(),
+                            meta.href
+                        ));
+                    }
+                    None => {
+                        report.pending_left += 1;
+                        say(format!(
+                            "left pending {} ({}): the object does not parse",
+                            id.as_str(),
+                            meta.href
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Blobs without metadata: a crash between put_blob and put_meta.
+    let blobs: Vec<_> = match state.store.list_blobs().try_collect().await {
+        Ok(b) => b,
+        Err(e) => {
+            say(format!("error: listing blobs: {e}"));
+            report.errors += 1;
+            return report;
+        }
+    };
+    for (id, written) in blobs {
+        if known.contains(&id) {
+            continue;
+        }
+        let age = (now - written).to_std().unwrap_or_default();
+        if age < opts.pending_grace {
+            continue;
+        }
+        // Re-check: metadata may have appeared since the listing.
+        match state.store.state(&id).await {
+            Ok(None) => {}
+            Ok(Some(_)) => continue,
+            Err(e) => {
+                say(format!("error: {}: reading state: {e}", id.as_str()));
+                report.errors += 1;
+                continue;
+            }
+        }
+        if !opts.dry_run {
+            if let Err(e) = state.store.discard(&id).await {
+                say(format!("error: {}: deleting orphan blob: {e}", id.as_str()));
+                report.errors += 1;
+                continue;
+            }
+        }
+        report.orphan_blobs_deleted += 1;
+        say(format!(
+            "{} orphan blob {} (no metadata, written {})",
+            verb("deleted", "would delete"),
+            id.as_str(),
+            written.to_rfc3339()
+        ));
+    }
+    report
+}
+
+/// The service credential from `[gc]`, as a caller.
+fn service_caller(state: &State) -> Option<Caller> {
+    let gc = &state.config.gc;
+    let user = gc.username.as_deref()?;
+    let password = gc.password.as_deref().unwrap_or("");
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Basic {token}")).ok()?,
+    );
+    Caller::from_headers(&h).ok()
+}
+
+/// Runs gc every `gc.interval` inside `serve`, logging what it did.
+pub async fn periodic(state: std::sync::Arc<State>, interval: Duration) {
+    let opts = Options {
+        dry_run: false,
+        retention: state.config.gc.retention,
+        pending_grace: state.config.gc.pending_grace,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let report = run(
+            &state,
+            &opts,
+            |line| tracing::info!(target: "calattach::gc", "{line}"),
+        )
+        .await;
+        tracing::info!(?report, "gc pass finished");
+    }
+}
