@@ -26,6 +26,8 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 64;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_PREFIX: &str = "/.attachments";
@@ -118,6 +120,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub max_header_bytes: Option<SizeValue>,
     pub max_headers: Option<i64>,
+    pub body_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +144,7 @@ pub struct RawAttachments {
     pub no_recurrence: Option<bool>,
     pub commit_retries: Option<i64>,
     pub download: Option<String>,
+    pub max_concurrent_uploads: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +246,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// A request body that sends nothing for this long is abandoned.
+    pub body_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +271,8 @@ pub struct AttachmentsConfig {
     pub no_recurrence: bool,
     pub commit_retries: u32,
     pub download: DownloadMode,
+    /// Attachment uploads in progress at once; more get `503 Retry-After`.
+    pub max_concurrent_uploads: usize,
 }
 
 /// How attachments are served (DESIGN §6; trade-offs in docs/security.md).
@@ -359,6 +367,11 @@ impl Config {
                 )?,
                 8,
             )?,
+            body_idle_timeout: duration(
+                "server.body_idle_timeout",
+                s.body_idle_timeout,
+                DEFAULT_BODY_IDLE_TIMEOUT,
+            )?,
         };
 
         let u = raw.upstream;
@@ -440,6 +453,15 @@ impl Config {
                 0,
             )?,
             no_recurrence: a.no_recurrence.unwrap_or(false),
+            max_concurrent_uploads: usize_of(
+                "attachments.max_concurrent_uploads",
+                count(
+                    "attachments.max_concurrent_uploads",
+                    a.max_concurrent_uploads,
+                    DEFAULT_MAX_CONCURRENT_UPLOADS as u64,
+                )?,
+                1,
+            )?,
             commit_retries: count(
                 "attachments.commit_retries",
                 a.commit_retries,
@@ -802,6 +824,8 @@ mod tests {
             "shutdown_grace",
             "max_header_bytes",
             "max_headers",
+            "body_idle_timeout",
+            "max_concurrent_uploads",
             "url",
             "connect_timeout",
             "response_timeout",

@@ -30,6 +30,12 @@ pub enum Precondition {
     /// RFC 4791 §5.3.2.1 `CALDAV:supported-calendar-component`-like refusal of a target
     /// that is not a calendar object resource; reported as `CALDAV:valid-calendar-data`.
     ValidCalendarData,
+    /// An attendee's copy: attendees may not add, update or remove managed attachments
+    /// (RFC 8607 §3.12.2). RFC 8607 names no element; these are Apple CalendarServer's
+    /// (`CALDAV:valid-attachment-add|update|remove`), which CalDAVTester expects.
+    ValidAttachmentAdd,
+    ValidAttachmentUpdate,
+    ValidAttachmentRemove,
 }
 
 impl Precondition {
@@ -57,6 +63,9 @@ impl Precondition {
             Precondition::MaxResourceSize => &[("C", "max-resource-size")],
             Precondition::MaxInstances => &[("C", "max-instances")],
             Precondition::ValidCalendarData => &[("C", "valid-calendar-data")],
+            Precondition::ValidAttachmentAdd => &[("C", "valid-attachment-add")],
+            Precondition::ValidAttachmentUpdate => &[("C", "valid-attachment-update")],
+            Precondition::ValidAttachmentRemove => &[("C", "valid-attachment-remove")],
         }
     }
 
@@ -104,6 +113,9 @@ pub enum Error {
     StorageUnavailable(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// `503 Retry-After`: too many uploads in progress; nothing was read or written.
+    #[error("busy: {0}")]
+    Busy(String),
     /// `507`: the store is full (RFC 4918 §11.5); nothing changed.
     #[error("storage full: {0}")]
     InsufficientStorage(String),
@@ -128,7 +140,7 @@ impl Error {
             Error::Gone => StatusCode::GONE,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::StorageUnavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
@@ -159,6 +171,10 @@ impl Error {
                 "text/plain; charset=utf-8",
                 "attachment storage is unavailable, try again later\n".to_owned(),
             ),
+            Error::Busy(_) => (
+                "text/plain; charset=utf-8",
+                "too many uploads in progress, try again later\n".to_owned(),
+            ),
             _ => (
                 "text/plain; charset=utf-8",
                 format!(
@@ -176,7 +192,7 @@ impl Error {
             Error::MethodNotAllowed { allow } => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            Error::StorageUnavailable(_) => {
+            Error::StorageUnavailable(_) | Error::Busy(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

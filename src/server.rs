@@ -39,6 +39,8 @@ pub struct State {
     pub upstream: Upstream,
     pub store: Store,
     pub identity: IdentityCache,
+    /// One permit per attachment upload in progress (`attachments.max_concurrent_uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
@@ -51,11 +53,15 @@ impl State {
             ))
         })?;
         let identity = IdentityCache::new(config.identity.clone());
+        let uploads = Arc::new(tokio::sync::Semaphore::new(
+            config.attachments.max_concurrent_uploads,
+        ));
         Ok(State {
             config,
             upstream,
             store,
             identity,
+            uploads,
         })
     }
 }

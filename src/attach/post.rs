@@ -59,8 +59,20 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         )));
     }
     let (parts, incoming) = req.into_parts();
-    let headers = parts.headers;
+    let mut headers = parts.headers;
     let has_body = query.action != AttachAction::Remove;
+    // Held until the response is built: bounds uploads (and their store multipart
+    // buffers) in progress at once.
+    let _permit = if has_body {
+        Some(state.uploads.clone().try_acquire_owned().map_err(|_| {
+            Error::Busy(format!(
+                "{} uploads in progress (attachments.max_concurrent_uploads)",
+                cfg.max_concurrent_uploads
+            ))
+        })?)
+    } else {
+        None
+    };
     if has_body {
         if let Some(len) = content_length(&headers) {
             if len > cfg.max_attachment_size {
@@ -82,6 +94,9 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         return Ok(precondition_failed(state, &path, &object, prefer));
     }
     let cal = parse_object(&object, &path, cfg.max_overrides)?;
+    // RFC 8607 §3.12.2 (attendees may not change) and the scheduling header rule.
+    let identity = super::access::may_change(state, &caller, &path, &cal, query.action).await?;
+    super::access::filter_schedule_user_address(&mut headers, identity.as_deref());
     let placeholder = new_attach(
         state,
         &AttachmentId::new(),
@@ -129,6 +144,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
     };
 
     finish_store(state, &path, &query, upload.as_ref(), &new_cal).await;
+    super::access::record_audience(state, &new_cal).await;
     respond(
         state,
         &caller,
@@ -241,7 +257,8 @@ async fn store_upload(
 ) -> Result<Upload, Error> {
     let max = state.config.attachments.max_attachment_size;
     let id = AttachmentId::new();
-    let stream = BodyDataStream::new(incoming);
+    let idle = state.upstream.body_idle_timeout();
+    let stream = BodyDataStream::new(crate::body::IdleTimeout::new(incoming, idle));
     let uploading = crate::metrics::get().upload_started();
     let info = match state.store.put_blob(&id, stream, max).await {
         Ok(info) => info,

@@ -30,6 +30,7 @@ pub struct Upstream {
     public: Url,
     public_host: HeaderValue,
     response_timeout: Duration,
+    body_idle_timeout: Duration,
     preserve_host: bool,
     x_forwarded: bool,
     forwarded: bool,
@@ -65,6 +66,7 @@ impl Upstream {
             public: server.public_url.clone(),
             public_host,
             response_timeout: cfg.response_timeout,
+            body_idle_timeout: server.body_idle_timeout,
             preserve_host: cfg.preserve_host,
             x_forwarded: cfg.forwarded_headers.x_forwarded,
             forwarded: cfg.forwarded_headers.forwarded,
@@ -80,6 +82,11 @@ impl Upstream {
 
     pub fn public_url(&self) -> &Url {
         &self.public
+    }
+
+    /// How long a client request body may stall before it is abandoned.
+    pub fn body_idle_timeout(&self) -> Duration {
+        self.body_idle_timeout
     }
 
     /// The upstream's `host[:port]`, the `Host` of internal requests.
@@ -115,6 +122,7 @@ impl Upstream {
         client: SocketAddr,
     ) -> Result<Response<Body>, Error> {
         let (parts, incoming) = req.into_parts();
+        let incoming = body::IdleTimeout::new(incoming, self.body_idle_timeout);
         let mut req = Request::from_parts(parts, body::boxed(incoming));
         self.prepare_request(&mut req, client)?;
         let resp = self.send(req).await?;
