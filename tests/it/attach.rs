@@ -44,7 +44,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start(kind: Kind, backend: Backend, extra_toml: &str) -> Env {
-        let up = Upstream::get(kind);
+        Env::start_on(Upstream::get(kind), backend, extra_toml).await
+    }
+
+    /// Like [`Env::start`], on a given upstream.
+    pub async fn start_on(up: &'static Upstream, backend: Backend, extra_toml: &str) -> Env {
         let storage = match backend {
             Backend::Local => Storage::Local,
             Backend::S3 => Storage::S3(Moto::shared()),
@@ -144,7 +148,6 @@ impl Env {
                 .header("location")
                 .unwrap_or_else(|| panic!("{}: add without Location: {reply:?}", self.name()))
                 .to_string(),
-            etag: reply.header("etag").map(str::to_string),
         }
     }
 
@@ -168,17 +171,10 @@ impl Env {
 
     /// Every object key in this test's storage, relative to its root, sorted.
     pub fn store_keys(&self) -> Vec<String> {
-        let mut keys = match self.backend {
-            Backend::Local => {
-                let root = self.proxy.dir().join("data");
-                let mut out = Vec::new();
-                walk(&root, &root, &mut out);
-                out
-            }
-            Backend::S3 => Moto::shared().keys(self.proxy.bucket.as_deref().expect("bucket")),
-        };
-        keys.sort();
-        keys
+        store_keys(
+            &self.proxy,
+            (self.backend == Backend::S3).then(Moto::shared),
+        )
     }
 
     /// Keys under `blobs/` (including any staging files of unfinished uploads).
@@ -208,6 +204,29 @@ impl Env {
     }
 }
 
+/// Every object key in `proxy`'s storage (local, or on `moto` for S3), relative to its root,
+/// sorted.
+pub fn store_keys(proxy: &Calattach, moto: Option<&Moto>) -> Vec<String> {
+    let mut keys = match moto {
+        None => {
+            let root = proxy.dir().join("data");
+            let mut out = Vec::new();
+            walk(&root, &root, &mut out);
+            out
+        }
+        Some(moto) => moto.keys(proxy.bucket.as_deref().expect("bucket")),
+    };
+    keys.sort();
+    keys
+}
+
+/// Keys under `blobs/` and `meta/`.
+pub fn attachment_keys_of(keys: Vec<String>) -> Vec<String> {
+    keys.into_iter()
+        .filter(|k| k.starts_with("blobs/") || k.starts_with("meta/"))
+        .collect()
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -227,7 +246,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 pub struct Added {
     pub id: String,
     pub location: String,
-    pub etag: Option<String>,
 }
 
 /// Runs conformance functions `async fn f(env: &Env)` in the four environments:
@@ -286,7 +304,6 @@ impl Prop {
 /// components such as VALARM are left out).
 #[derive(Debug, Clone)]
 pub struct Comp {
-    pub name: String,
     pub props: Vec<Prop>,
 }
 
@@ -418,10 +435,7 @@ pub fn components(ics: &str, kind: &str) -> Vec<Comp> {
         if p.name.eq_ignore_ascii_case("BEGIN") {
             depth += 1;
             if depth == 2 && p.value.eq_ignore_ascii_case(kind) {
-                current = Some(Comp {
-                    name: p.value.clone(),
-                    props: Vec::new(),
-                });
+                current = Some(Comp { props: Vec::new() });
             }
             continue;
         }

@@ -6,7 +6,10 @@
 
 mod harness;
 
+mod access;
 mod attach;
+mod attach_errors;
+mod attach_races;
 mod bodies;
 mod config;
 mod failure;
