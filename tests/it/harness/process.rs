@@ -22,6 +22,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` under the lifeline, stdout/stderr going to files in `dir`
     /// (files, not pipes: nobody has to drain them for the child to progress).
+    /// `dir` is removed when the test binary exits while `cmd` still runs.
     pub fn spawn(name: &str, dir: &Path, cmd: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
@@ -32,6 +33,10 @@ impl Proc {
             .arg(super::script("lifeline.py"))
             .arg("--pidfile")
             .arg(&pidfile)
+            // Statics are never dropped: the lifeline removes the state of
+            // shared servers when the test binary exits.
+            .arg("--cleanup")
+            .arg(dir)
             .arg("--")
             .arg(cmd)
             .args(args)
