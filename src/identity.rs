@@ -187,8 +187,25 @@ async fn fetch(
         .iter()
         .map(|a| normalize_address(a))
         .collect();
+    add_template_address(&mut addresses, cfg, user.as_deref(), &principal);
+    Ok(Resolved::Known(Arc::new(Identity {
+        principal,
+        homes: props.homes,
+        addresses,
+        user,
+    })))
+}
+
+/// Adds the `address_template` address for `user` (or else the principal's last path
+/// segment) and puts `mailto:` addresses first.
+fn add_template_address(
+    addresses: &mut Vec<String>,
+    cfg: &IdentityConfig,
+    user: Option<&str>,
+    principal: &str,
+) {
     if let Some(t) = &cfg.address_template {
-        let name = user.clone().or_else(|| {
+        let name = user.map(str::to_owned).or_else(|| {
             principal
                 .trim_end_matches('/')
                 .rsplit('/')
@@ -204,12 +221,51 @@ async fn fetch(
         }
     }
     addresses.sort_by_key(|a| !a.starts_with("mailto:"));
-    Ok(Resolved::Known(Arc::new(Identity {
-        principal,
-        homes: props.homes,
-        addresses,
-        user,
-    })))
+}
+
+/// The owner of a calendar collection, as far as the caller may see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner's principal path.
+    pub principal: String,
+    /// Its calendar user addresses (normalised), plus the template address.
+    pub addresses: Vec<String>,
+}
+
+impl IdentityCache {
+    /// The owner of `collection` from its `DAV:owner` (RFC 3744 §5.1), then the owner
+    /// principal's `calendar-user-address-set`, both read with the caller's credentials
+    /// (not cached: a sharee's view of someone else's calendar is rare and must not
+    /// outlive a change of owner). `None` when the upstream does not tell.
+    pub async fn owner(
+        &self,
+        upstream: &Upstream,
+        caller: &Caller,
+        collection: &str,
+    ) -> Result<Option<Owner>, Error> {
+        let (_, props) = propfind(upstream, caller, collection, "<D:owner/>").await?;
+        let Some(principal) = props.ok().and_then(|p| p.owner.into_iter().next()) else {
+            return Ok(None);
+        };
+        let (_, props) = propfind(
+            upstream,
+            caller,
+            &principal,
+            "<C:calendar-user-address-set/>",
+        )
+        .await?;
+        let mut addresses: Vec<String> = props
+            .map(|p| p.addresses)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| normalize_address(a))
+            .collect();
+        add_template_address(&mut addresses, &self.config, None, &principal);
+        Ok(Some(Owner {
+            principal,
+            addresses,
+        }))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +273,8 @@ struct Props {
     principal: Vec<String>,
     homes: Vec<String>,
     addresses: Vec<String>,
+    /// `DAV:owner` (RFC 3744 §5.1) of a collection.
+    owner: Vec<String>,
 }
 
 /// PROPFIND depth 0; a refusal (401, 403…) comes back as the response to relay.
@@ -291,6 +349,7 @@ fn parse_props(xml: &[u8]) -> Props {
                     (DAV, b"current-user-principal") => current = 1,
                     (CALDAV, b"calendar-home-set") => current = 2,
                     (CALDAV, b"calendar-user-address-set") => current = 3,
+                    (DAV, b"owner") => current = 4,
                     (DAV, b"href") => {
                         in_href = true;
                         text.clear();
@@ -310,6 +369,7 @@ fn parse_props(xml: &[u8]) -> Props {
                             1 => pending.principal.push(href_path(t)),
                             2 => pending.homes.push(href_path(t)),
                             3 => pending.addresses.push(t.to_owned()),
+                            4 => pending.owner.push(href_path(t)),
                             _ => {}
                         }
                     }
@@ -318,12 +378,13 @@ fn parse_props(xml: &[u8]) -> Props {
                         let t = std::mem::take(&mut text);
                         status_ok = t.split_whitespace().nth(1) == Some("200");
                     }
-                    b"current-user-principal" if is_dav => current = 0,
+                    b"current-user-principal" | b"owner" if is_dav => current = 0,
                     b"calendar-home-set" | b"calendar-user-address-set" if is_caldav => current = 0,
                     b"propstat" if is_dav && status_ok => {
                         out.principal.append(&mut pending.principal);
                         out.homes.append(&mut pending.homes);
                         out.addresses.append(&mut pending.addresses);
+                        out.owner.append(&mut pending.owner);
                     }
                     _ => {}
                 }
@@ -380,6 +441,14 @@ mod tests {
         let p = parse_props(xml);
         assert_eq!(p.principal, ["/principals/u/"]);
         assert!(p.homes.is_empty());
+    }
+
+    #[test]
+    fn dav_owner_of_a_collection_parses() {
+        let xml = br#"<multistatus xmlns="DAV:"><response><href>/user1/calendar/</href><propstat><prop><owner><href>/user1/</href></owner></prop><status>HTTP/1.1 200 OK</status></propstat></response></multistatus>"#;
+        let p = parse_props(xml);
+        assert_eq!(p.owner, ["/user1/"]);
+        assert!(p.principal.is_empty());
     }
 
     #[test]

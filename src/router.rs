@@ -15,6 +15,9 @@ pub enum Route {
     AttachmentWrite,
     /// `OPTIONS` elsewhere: forwarded, then the `DAV:` token is added (RFC 8607 §3.2).
     Options,
+    /// `PUT`, `DELETE`, `MOVE` of a non-collection path: the guard (DESIGN §5) looks at
+    /// the store's index and, for `text/calendar` PUTs, a bounded body, then forwards.
+    Guard,
     /// Everything else: byte-transparent forwarding.
     Forward,
 }
@@ -30,6 +33,8 @@ pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
     match *method {
         Method::POST if has_action(uri.query()) => Route::Attach,
         Method::OPTIONS => Route::Options,
+        Method::PUT | Method::DELETE if !uri.path().ends_with('/') => Route::Guard,
+        _ if method.as_str() == "MOVE" && !uri.path().ends_with('/') => Route::Guard,
         _ => Route::Forward,
     }
 }
@@ -74,6 +79,15 @@ mod tests {
         assert_eq!(r("PROPPATCH", "/.attachments/abc"), Route::AttachmentWrite);
         assert_eq!(r("OPTIONS", "/.attachments/abc"), Route::AttachmentOptions);
         assert_eq!(r("GET", "/.attachmentsX/abc"), Route::Forward);
+    }
+
+    #[test]
+    fn writes_of_objects_are_the_guard_route_and_of_collections_are_forwarded() {
+        assert_eq!(r("PUT", "/user1/calendar/e.ics"), Route::Guard);
+        assert_eq!(r("DELETE", "/user1/calendar/e.ics"), Route::Guard);
+        assert_eq!(r("MOVE", "/user1/calendar/e.ics"), Route::Guard);
+        assert_eq!(r("DELETE", "/user1/calendar/"), Route::Forward);
+        assert_eq!(r("PUT", "/.attachments/abc"), Route::AttachmentWrite);
     }
 
     #[test]

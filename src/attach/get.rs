@@ -2,8 +2,10 @@
 //!
 //! The access decision comes before the attachment's state is looked at in any way a
 //! caller can observe: anonymous callers get the upstream's `401` challenge; callers
-//! whose credentials the upstream refuses get that `401`; callers who may not read the
-//! referencing calendar object (and did not create the attachment) get `403`. Only then
+//! whose credentials the upstream refuses get that `401`; callers the rules of
+//! [`super::access`] do not admit (creator, organizer and recorded attendees, readers of
+//! an organizer-side object) get `403`. In `download = "capability"` mode the
+//! unguessable path is the credential and no check is made. Only then
 //! do `410 Gone` (removed, RFC 8607 §3.12.5) and the bytes come into view. An id that
 //! calattach never issued is `404` for any caller with valid credentials: ids are 128
 //! random bits, so a caller can only hold one it was given.
@@ -16,6 +18,7 @@ use hyper::body::{Frame, Incoming};
 
 use super::{fetch_object, Caller, Fetched};
 use crate::body::{self, Body, BoxError};
+use crate::config::DownloadMode;
 use crate::error::Error;
 use crate::ical::Calendar;
 use crate::server::State;
@@ -28,7 +31,8 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
     let id_text = rest.trim_start_matches('/').split('/').next().unwrap_or("");
     let head = req.method() == Method::HEAD;
 
-    if caller.is_anonymous() {
+    let capability = state.config.attachments.download == DownloadMode::Capability;
+    if caller.is_anonymous() && !capability {
         return challenge(state).await;
     }
     let found = match AttachmentId::parse(id_text) {
@@ -40,6 +44,9 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         None => None,
     };
     let Some((meta, att_state)) = found else {
+        if capability {
+            return Err(Error::NotFound);
+        }
         // Valid credentials first, so an unknown id tells an outsider nothing.
         return match verify_credentials(state, &caller).await? {
             Some(refusal) => Ok(refusal),
@@ -49,7 +56,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
 
     // Access: who may read the referencing object upstream, or its creator.
     let needs_body = att_state == AttState::Pending;
-    let object = access(state, &caller, &meta, needs_body).await?;
+    let object = access(state, &caller, &meta, needs_body, capability).await?;
     let referencing = match object {
         Access::Denied(resp) => return Ok(resp),
         Access::Granted(obj) => obj,
@@ -87,46 +94,34 @@ enum Access {
     Denied(Response<Body>),
 }
 
+/// The access rules of [`super::access::may_download`] (skipped in capability mode,
+/// where the unguessable path is the credential); then, for a pending id, the
+/// referencing object's bytes as the caller may read them, for reconciliation.
 async fn access(
     state: &State,
     caller: &Caller,
     meta: &Meta,
     with_body: bool,
+    capability: bool,
 ) -> Result<Access, Error> {
-    let max = state.config.attachments.max_object_size;
-    if with_body {
-        match fetch_object(&state.upstream, caller, &meta.href, max).await {
-            Ok(Fetched::Object(o)) => return Ok(Access::Granted(Some(o.bytes))),
-            Ok(Fetched::Relay(r)) if r.status() == StatusCode::UNAUTHORIZED => {
-                return Ok(Access::Denied(r))
-            }
-            Ok(Fetched::Relay(_)) | Err(Error::BadRequest(_)) | Err(Error::Precondition(..)) => {}
-            Err(e) => return Err(e),
+    if !capability {
+        if let super::access::Download::Denied(resp) =
+            super::access::may_download(state, caller, meta).await?
+        {
+            return Ok(Access::Denied(resp));
         }
-    } else {
-        let req = caller.request(&state.upstream, Method::HEAD, &meta.href, body::empty())?;
-        let resp = state.upstream.send(req).await?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(Access::Granted(None));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            return Ok(Access::Denied(state.upstream.relay_response(resp)));
-        }
-        super::drain(resp).await;
     }
-    // The object is gone or not readable by this caller: its creator keeps access.
-    if caller
-        .user
-        .as_deref()
-        .is_some_and(|u| !u.is_empty() && u == meta.creator)
-    {
-        if let Some(refusal) = verify_credentials(state, caller).await? {
-            return Ok(Access::Denied(refusal));
-        }
+    if !with_body {
         return Ok(Access::Granted(None));
     }
-    Ok(Access::Denied(Error::Forbidden.into_response()))
+    let max = state.config.attachments.max_object_size;
+    match fetch_object(&state.upstream, caller, &meta.href, max).await {
+        Ok(Fetched::Object(o)) => Ok(Access::Granted(Some(o.bytes))),
+        Ok(Fetched::Relay(_)) | Err(Error::BadRequest(_)) | Err(Error::Precondition(..)) => {
+            Ok(Access::Granted(None))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Asks the upstream whether the caller's credentials are valid (`PROPFIND /`, depth 0,

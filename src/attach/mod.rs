@@ -1,8 +1,10 @@
 //! calattach's own routes: the attachment POST (RFC 8607 §3.3–3.6, DESIGN §4) and
 //! downloads (RFC 8607 §3.10, DESIGN §6).
 
+pub mod access;
 pub mod conditional;
 pub mod get;
+pub mod guard;
 pub mod params;
 pub mod post;
 

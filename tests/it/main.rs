@@ -7,6 +7,7 @@
 mod harness;
 
 mod access;
+mod access;
 mod attach;
 mod attach_errors;
 mod attach_races;

@@ -184,6 +184,11 @@ impl Upstream {
         reply.header("etag").map(str::to_string)
     }
 
+    /// The server's state directory (Radicale's `users` file lives here).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// The server's stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
         self.proc.stderr()

@@ -1,0 +1,690 @@
+//! Access rules and the PUT/DELETE guard (RFC 8607 §3.7–3.9, §3.11, §3.12.2, §3.12.5;
+//! DESIGN §5–6; docs/security.md) on real Radicale and Xandikos with users
+//! user1 (organizer), user2 (attendee) and user3 (neither).
+//!
+//! Neither upstream shares calendars between users (Radicale `owner_only`; Xandikos
+//! refuses other users' collections), so an attendee's copy is the attendee's own
+//! object: here user2 stores it through calattach, as a client importing an invitation
+//! does. Download access then rests on the audience recorded from the organizer's
+//! object. Neither offers sharing or delegation either, so "a sharee with write access
+//! may add" is covered only by its rule's other half: the owner of the calendar decides
+//! (an organizer-side object accepts changes from whoever the upstream lets write).
+
+use crate::harness::{basic, unique, Calattach, Client, Kind, Reply, Storage, Upstream};
+use crate::transparency::on_both;
+
+const TEMPLATE: &str = "[identity]\naddress_template = \"mailto:{user}@example.org\"\n";
+
+fn pw(user: &str) -> &'static str {
+    crate::harness::upstream::password(user)
+}
+
+fn mail(user: &str) -> String {
+    format!("mailto:{user}@example.org")
+}
+
+struct World {
+    up: &'static Upstream,
+    proxy: Calattach,
+    http: Client,
+}
+
+impl World {
+    fn new(kind: Kind, extra: &str) -> World {
+        let up = Upstream::get(kind);
+        let proxy = Calattach::start(up, Storage::Local, &format!("{TEMPLATE}{extra}"));
+        World {
+            up,
+            proxy,
+            http: Client::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let url = if url.starts_with("http") {
+            url.to_string()
+        } else {
+            self.proxy.url(url)
+        };
+        let mut b = self.http.request(method, &url);
+        if let Some(u) = user {
+            b = b.basic(u, pw(u));
+        }
+        for (k, v) in headers {
+            b = b.header(k, *v);
+        }
+        b.body(body.to_string()).send().await
+    }
+
+    async fn put(&self, user: &str, path: &str, ics: &str) -> Reply {
+        self.send(
+            Some(user),
+            "PUT",
+            path,
+            &[("Content-Type", "text/calendar; charset=utf-8")],
+            ics,
+        )
+        .await
+    }
+
+    async fn get_text(&self, user: &str, path: &str) -> String {
+        let r = self.send(Some(user), "GET", path, &[], "").await;
+        assert_eq!(r.status, 200, "GET {path}: {r:?}");
+        r.text()
+    }
+
+    /// POST attachment-add; returns (managed id, attachment URL).
+    async fn add(&self, user: &str, path: &str) -> (String, String) {
+        let r = self
+            .post(user, path, "action=attachment-add", "hello")
+            .await;
+        assert_eq!(r.status, 201, "attachment-add on {path}: {r:?}");
+        let id = r
+            .header("cal-managed-id")
+            .expect("Cal-Managed-ID")
+            .to_string();
+        let url = r.header("location").expect("Location").to_string();
+        (id, url)
+    }
+
+    async fn post(&self, user: &str, path: &str, query: &str, body: &str) -> Reply {
+        self.send(
+            Some(user),
+            "POST",
+            &format!("{path}?{query}"),
+            &[
+                ("Content-Type", "text/plain"),
+                ("Content-Disposition", "attachment; filename=notes.txt"),
+            ],
+            body,
+        )
+        .await
+    }
+
+    async fn download(&self, user: Option<&str>, url: &str) -> Reply {
+        self.send(user, "GET", url, &[], "").await
+    }
+
+    /// user1's scheduled event with user2 invited and one attachment added by POST:
+    /// (event path, id, url, uid).
+    async fn organizer_event(&self, attendees: &[&str]) -> (String, String, String, String) {
+        let cal = self.up.new_calendar("user1", "acc").await;
+        let uid = unique("uid");
+        let path = format!("{cal}{uid}.ics");
+        let r = self
+            .put("user1", &path, &event(&uid, "user1", attendees, ""))
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let (id, url) = self.add("user1", &path).await;
+        (path, id, url, uid)
+    }
+}
+
+/// A VEVENT organised by `organizer` with `attendees`; `extra` lines go in the VEVENT.
+fn event(uid: &str, organizer: &str, attendees: &[&str], extra: &str) -> String {
+    let mut s = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calattach//tests//EN\r\nBEGIN:VEVENT\r\n\
+         UID:{uid}\r\nDTSTAMP:20250101T000000Z\r\nDTSTART:20250601T100000Z\r\nDURATION:PT1H\r\n\
+         SUMMARY:access\r\nORGANIZER:{}\r\n",
+        mail(organizer)
+    );
+    for a in attendees {
+        s.push_str(&format!("ATTENDEE;PARTSTAT=NEEDS-ACTION:{}\r\n", mail(a)));
+    }
+    s.push_str(extra);
+    s.push_str("END:VEVENT\r\nEND:VCALENDAR\r\n");
+    s
+}
+
+fn attach_line(id: &str, url: &str) -> String {
+    format!("ATTACH;MANAGED-ID={id};FMTTYPE=text/plain;FILENAME=notes.txt;SIZE=5:{url}\r\n")
+}
+
+/// The unfolded ATTACH lines of an iCalendar text.
+fn attach_lines(ics: &str) -> Vec<String> {
+    let unfolded = ics.replace("\r\n ", "").replace("\n ", "");
+    unfolded
+        .lines()
+        .filter(|l| l.to_ascii_uppercase().starts_with("ATTACH"))
+        .map(|l| l.trim_end().to_string())
+        .collect()
+}
+
+fn assert_error(r: &Reply, elements: &[&str]) {
+    assert_eq!(r.status, 403, "{r:?}");
+    let text = r.text();
+    assert!(text.contains("error"), "{r:?}");
+    for e in elements {
+        assert!(text.contains(&format!(":{e}/>")), "missing {e}: {r:?}");
+    }
+}
+
+/// user2's own copy of user1's event (same UID and ORGANIZER, the ATTACH), stored
+/// through calattach as a client importing the invitation does.
+async fn attendee_copy(w: &World, uid: &str, id: &str, url: &str) -> String {
+    // A calendar of its own: Xandikos answers 423 to concurrent writes into one
+    // collection, and tests run in parallel.
+    let cal = w.up.new_calendar("user2", "copy").await;
+    let path = format!("{cal}{}.ics", unique("copy"));
+    let r = w
+        .put(
+            "user2",
+            &path,
+            &event(uid, "user1", &["user1", "user2"], &attach_line(id, url)),
+        )
+        .await;
+    assert!(r.status == 201 || r.status == 204, "attendee copy: {r:?}");
+    path
+}
+
+// === who may download ===
+
+async fn organizer_attendee_outsider_and_anonymous_downloads(kind: Kind) {
+    let w = World::new(kind, "");
+    let (_, _, url, _) = w.organizer_event(&["user1", "user2"]).await;
+    let r = w.download(Some("user1"), &url).await;
+    assert_eq!(r.status, 200, "organizer: {r:?}");
+    assert_eq!(r.body.as_ref(), b"hello");
+    let r = w.download(Some("user2"), &url).await;
+    assert_eq!(r.status, 200, "attendee: {r:?}");
+    let r = w.download(Some("user3"), &url).await;
+    assert_eq!(r.status, 403, "outsider: {r:?}");
+    let r = w.download(None, &url).await;
+    assert_eq!(r.status, 401, "anonymous: {r:?}");
+    assert!(r.header("www-authenticate").is_some(), "{r:?}");
+}
+on_both!(organizer_attendee_outsider_and_anonymous_downloads:
+    organizer_and_attendee_download_outsider_403_anonymous_401_on_radicale,
+    organizer_and_attendee_download_outsider_403_anonymous_401_on_xandikos);
+
+async fn uninvited_attendee_loses_access(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1", "user2"]).await;
+    attendee_copy(&w, &uid, &id, &url).await;
+    assert_eq!(w.download(Some("user2"), &url).await.status, 200);
+    // The organizer drops user2 (no attachment change): the audience follows.
+    let current = w.get_text("user1", &path).await;
+    let without = current
+        .replace("\r\n ", "")
+        .lines()
+        .filter(|l| !l.contains("user2@"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n";
+    let r = w.put("user1", &path, &without).await;
+    assert!(r.status.is_success(), "{r:?}");
+    let r = w.download(Some("user2"), &url).await;
+    assert_eq!(r.status, 403, "uninvited attendee still downloads: {r:?}");
+    assert_eq!(w.download(Some("user1"), &url).await.status, 200);
+}
+on_both!(uninvited_attendee_loses_access:
+    uninvited_attendee_loses_download_access_on_radicale,
+    uninvited_attendee_loses_download_access_on_xandikos);
+
+async fn capability_mode(kind: Kind) {
+    let w = World::new(kind, "[attachments]\ndownload = \"capability\"\n");
+    let (path, _, url, _) = w.organizer_event(&["user1"]).await;
+    let r = w.download(None, &url).await;
+    assert_eq!(
+        r.status, 200,
+        "capability download without credentials: {r:?}"
+    );
+    assert_eq!(r.body.as_ref(), b"hello");
+    // Removal still answers 410, to everybody.
+    let current = w.get_text("user1", &path).await;
+    let id = url.split('/').nth(4).unwrap();
+    let r = w
+        .post(
+            "user1",
+            &path,
+            &format!("action=attachment-remove&managed-id={id}"),
+            "",
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert!(!current.is_empty());
+    assert_eq!(w.download(None, &url).await.status, 410);
+}
+on_both!(capability_mode:
+    capability_mode_serves_without_credentials_on_radicale,
+    capability_mode_serves_without_credentials_on_xandikos);
+
+// === who may change ===
+
+async fn attendee_copy_refuses_changes_but_accepts_replies(kind: Kind) {
+    let w = World::new(kind, "");
+    let (_, id, url, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let copy = attendee_copy(&w, &uid, &id, &url).await;
+    let r = w
+        .post("user2", &copy, "action=attachment-add", "nope")
+        .await;
+    assert_error(&r, &["valid-attachment-add"]);
+    let r = w
+        .post(
+            "user2",
+            &copy,
+            &format!("action=attachment-update&managed-id={id}"),
+            "nope",
+        )
+        .await;
+    assert_error(&r, &["valid-attachment-update"]);
+    let r = w
+        .post(
+            "user2",
+            &copy,
+            &format!("action=attachment-remove&managed-id={id}"),
+            "",
+        )
+        .await;
+    assert_error(&r, &["valid-attachment-remove"]);
+    // The copy is unchanged and user2 still downloads.
+    let text = w.get_text("user2", &copy).await;
+    assert_eq!(attach_lines(&text).len(), 1, "{text}");
+    assert_eq!(w.download(Some("user2"), &url).await.status, 200);
+    // Replying (PARTSTAT) with the organizer's MANAGED-ID in the body succeeds.
+    let reply = text.replace(
+        "PARTSTAT=NEEDS-ACTION:mailto:user2",
+        "PARTSTAT=ACCEPTED:mailto:user2",
+    );
+    assert_ne!(reply, text, "the copy lost its ATTENDEE line: {text}");
+    let r = w.put("user2", &copy, &reply).await;
+    assert!(r.status.is_success(), "attendee reply refused: {r:?}");
+    assert!(w
+        .get_text("user2", &copy)
+        .await
+        .contains("PARTSTAT=ACCEPTED"));
+}
+on_both!(attendee_copy_refuses_changes_but_accepts_replies:
+    attendee_gets_403_on_add_update_remove_but_may_reply_on_radicale,
+    attendee_gets_403_on_add_update_remove_but_may_reply_on_xandikos);
+
+async fn updated_id_in_attendee_copy_still_saves(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let copy = attendee_copy(&w, &uid, &id, &url).await;
+    // The organizer updates the attachment: the old id is tombstoned.
+    let r = w
+        .post(
+            "user1",
+            &path,
+            &format!("action=attachment-update&managed-id={id}"),
+            "v2",
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    // The attendee's stale copy still holds the old id and can still be saved.
+    let text = w.get_text("user2", &copy).await;
+    let reply = text.replace(
+        "PARTSTAT=NEEDS-ACTION:mailto:user2",
+        "PARTSTAT=DECLINED:mailto:user2",
+    );
+    let r = w.put("user2", &copy, &reply).await;
+    assert!(r.status.is_success(), "stale copy refused: {r:?}");
+}
+on_both!(updated_id_in_attendee_copy_still_saves:
+    attendee_copy_holding_an_updated_id_can_still_be_saved_on_radicale,
+    attendee_copy_holding_an_updated_id_can_still_be_saved_on_xandikos);
+
+async fn outsider_cannot_reuse_an_id(kind: Kind) {
+    let w = World::new(kind, "");
+    let (_, id, url, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let cal = w.up.new_calendar("user3", "own").await;
+    // A new event of user3's own.
+    let own = event(&unique("uid"), "user3", &[], &attach_line(&id, &url));
+    let r = w
+        .put("user3", &format!("{cal}{}.ics", unique("e")), &own)
+        .await;
+    assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
+    // A fake copy of the event user3 was never invited to.
+    let fake = event(&uid, "user1", &["user1", "user3"], &attach_line(&id, &url));
+    let r = w
+        .put("user3", &format!("{cal}{}.ics", unique("e")), &fake)
+        .await;
+    assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
+    // Without parameters, by URI alone: the same.
+    let bare = event(&unique("uid"), "user3", &[], &format!("ATTACH:{url}\r\n"));
+    let r = w
+        .put("user3", &format!("{cal}{}.ics", unique("e")), &bare)
+        .await;
+    assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
+    assert_eq!(w.download(Some("user3"), &url).await.status, 403);
+}
+on_both!(outsider_cannot_reuse_an_id:
+    outsider_reusing_an_id_gets_403_with_both_elements_on_radicale,
+    outsider_reusing_an_id_gets_403_with_both_elements_on_xandikos);
+
+async fn creator_may_reuse_an_id(kind: Kind) {
+    let w = World::new(kind, "");
+    let (_, id, url, _) = w.organizer_event(&["user1"]).await;
+    let cal = w.up.new_calendar("user1", "other").await;
+    let other = format!("{cal}{}.ics", unique("e"));
+    let r = w
+        .put(
+            "user1",
+            &other,
+            &event(&unique("uid"), "user1", &[], &attach_line(&id, &url)),
+        )
+        .await;
+    assert!(r.status.is_success(), "creator reuse refused: {r:?}");
+}
+on_both!(creator_may_reuse_an_id:
+    creator_may_reuse_her_id_in_another_event_on_radicale,
+    creator_may_reuse_her_id_in_another_event_on_xandikos);
+
+async fn made_up_managed_id(kind: Kind) {
+    let w = World::new(kind, "");
+    let cal = w.up.new_calendar("user1", "acc").await;
+    let ics = event(
+        &unique("uid"),
+        "user1",
+        &[],
+        "ATTACH;MANAGED-ID=made-up-id:https://example.com/x.pdf\r\n",
+    );
+    let path = format!("{cal}{}.ics", unique("e"));
+    let r = w.put("user1", &path, &ics).await;
+    assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
+    let r = w.send(Some("user1"), "GET", &path, &[], "").await;
+    assert_eq!(r.status, 404, "refused PUT reached the upstream: {r:?}");
+}
+on_both!(made_up_managed_id:
+    put_with_a_made_up_managed_id_is_refused_on_radicale,
+    put_with_a_made_up_managed_id_is_refused_on_xandikos);
+
+// === the guard's bookkeeping ===
+
+async fn put_dropping_attach(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, _, url, uid) = w.organizer_event(&["user1"]).await;
+    let r = w
+        .put("user1", &path, &event(&uid, "user1", &["user1"], ""))
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    let r = w.download(Some("user1"), &url).await;
+    assert_eq!(r.status, 410, "{r:?}");
+}
+on_both!(put_dropping_attach:
+    put_dropping_the_attach_makes_the_download_410_on_radicale,
+    put_dropping_the_attach_makes_the_download_410_on_xandikos);
+
+async fn delete_of_event(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, _, url, _) = w.organizer_event(&["user1"]).await;
+    let r = w.send(Some("user1"), "DELETE", &path, &[], "").await;
+    assert!(r.status.is_success(), "{r:?}");
+    let r = w.download(Some("user1"), &url).await;
+    assert_eq!(r.status, 410, "{r:?}");
+}
+on_both!(delete_of_event:
+    delete_of_the_event_makes_the_download_410_on_radicale,
+    delete_of_the_event_makes_the_download_410_on_xandikos);
+
+async fn stale_if_match(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, _, url, uid) = w.organizer_event(&["user1"]).await;
+    let r = w
+        .send(
+            Some("user1"),
+            "PUT",
+            &path,
+            &[
+                ("Content-Type", "text/calendar"),
+                ("If-Match", "\"stale-etag\""),
+            ],
+            &event(&uid, "user1", &["user1"], ""),
+        )
+        .await;
+    assert_eq!(r.status, 412, "{r:?}");
+    let r = w
+        .send(
+            Some("user1"),
+            "DELETE",
+            &path,
+            &[("If-Match", "\"stale\"")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 412, "{r:?}");
+    let r = w.download(Some("user1"), &url).await;
+    assert_eq!(
+        r.status, 200,
+        "a failed conditional write tombstoned: {r:?}"
+    );
+}
+on_both!(stale_if_match:
+    failed_conditional_put_and_delete_tombstone_nothing_on_radicale,
+    failed_conditional_put_and_delete_tombstone_nothing_on_xandikos);
+
+async fn rewrite_dropping_managed_id(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1"]).await;
+    // A client rewrites the event keeping only the URI, with a wrong SIZE.
+    let ics = event(
+        &uid,
+        "user1",
+        &["user1"],
+        &format!("ATTACH;SIZE=999:{url}\r\n"),
+    );
+    let r = w.put("user1", &path, &ics).await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert!(
+        r.header("etag").is_none(),
+        "ETag sent although the stored body differs from the PUT: {r:?}"
+    );
+    let text = w.get_text("user1", &path).await;
+    let lines = attach_lines(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    let line = &lines[0];
+    assert!(line.contains(&format!("MANAGED-ID={id}")), "{line}");
+    assert!(line.contains("SIZE=5"), "{line}");
+    assert!(line.contains("FILENAME=notes.txt"), "{line}");
+    assert!(line.contains("FMTTYPE=text/plain"), "{line}");
+    assert_eq!(w.download(Some("user1"), &url).await.status, 200);
+}
+on_both!(rewrite_dropping_managed_id:
+    rewrite_dropping_managed_id_keeps_the_attachment_and_restores_parameters_on_radicale,
+    rewrite_dropping_managed_id_keeps_the_attachment_and_restores_parameters_on_xandikos);
+
+async fn prefer_on_guarded_put(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1"]).await;
+    let ics = event(&uid, "user1", &["user1"], &format!("ATTACH:{url}\r\n"));
+    let r = w
+        .send(
+            Some("user1"),
+            "PUT",
+            &path,
+            &[
+                ("Content-Type", "text/calendar"),
+                ("Prefer", "return=representation"),
+            ],
+            &ics,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("etag").is_some(), "{r:?}");
+    let stored = r.text().replace("\r\n ", "").replace("\n ", "");
+    assert!(stored.contains(&format!("MANAGED-ID={id}")), "{r:?}");
+}
+on_both!(prefer_on_guarded_put:
+    prefer_return_representation_on_a_guarded_put_answers_the_stored_object_on_radicale,
+    prefer_return_representation_on_a_guarded_put_answers_the_stored_object_on_xandikos);
+
+async fn move_keeps_refs(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, _, url, _) = w.organizer_event(&["user1"]).await;
+    // Into another calendar: Xandikos refuses a MOVE within one collection (the UID is
+    // "already in use" by the source).
+    let other = w.up.new_calendar("user1", "moved").await;
+    let dest = format!("{other}{}.ics", unique("moved"));
+    let r = w
+        .send(
+            Some("user1"),
+            "MOVE",
+            &path,
+            &[("Destination", &w.proxy.url(&dest))],
+            "",
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert_eq!(w.download(Some("user1"), &url).await.status, 200);
+    // The moved object now owns the id: deleting it tombstones.
+    let r = w.send(Some("user1"), "DELETE", &dest, &[], "").await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert_eq!(w.download(Some("user1"), &url).await.status, 410);
+}
+on_both!(move_keeps_refs:
+    move_hands_the_ids_to_the_destination_on_radicale,
+    move_hands_the_ids_to_the_destination_on_xandikos);
+
+// === credentials ===
+
+async fn identity_cache_per_credentials(kind: Kind) {
+    let w = World::new(kind, "");
+    let (_, _, url, _) = w.organizer_event(&["user1"]).await;
+    assert_eq!(w.download(Some("user1"), &url).await.status, 200);
+    // Same user name, another password: not served from user1's cached resolution.
+    let r = w
+        .http
+        .request("GET", &url)
+        .header("Authorization", basic("user1", "not-the-password"))
+        .send()
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    // user2's credentials right after user1's: user2's own (403, not invited).
+    assert_eq!(w.download(Some("user2"), &url).await.status, 403);
+    assert_eq!(w.download(Some("user1"), &url).await.status, 200);
+}
+on_both!(identity_cache_per_credentials:
+    identity_cache_never_serves_one_credentials_resolution_to_another_on_radicale,
+    identity_cache_never_serves_one_credentials_resolution_to_another_on_xandikos);
+
+/// A password change upstream: the new password works at once (another cache key), and
+/// the old one stops working once its cached resolution expires (`identity.cache_ttl`,
+/// 1 s here; a private Radicale whose htpasswd file is rewritten).
+#[tokio::test]
+async fn changed_password_is_not_served_from_the_identity_cache_past_its_ttl() {
+    let up: &'static Upstream = Box::leak(Box::new(Upstream::start(Kind::Radicale)));
+    let proxy = Calattach::start(
+        up,
+        Storage::Local,
+        &format!("{TEMPLATE}cache_ttl = \"1s\"\n"),
+    );
+    let http = Client::new();
+    let cal = up.calendar_path("user1");
+    let path = format!("{cal}{}.ics", unique("e"));
+    let uid = unique("uid");
+    let r = http
+        .request("PUT", &proxy.url(&path))
+        .basic("user1", pw("user1"))
+        .header("Content-Type", "text/calendar")
+        .body(event(&uid, "user1", &[], ""))
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = http
+        .request("POST", &proxy.url(&format!("{path}?action=attachment-add")))
+        .basic("user1", pw("user1"))
+        .header("Content-Type", "text/plain")
+        .body("hello")
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let url = r.header("location").unwrap().to_string();
+    let r = http
+        .request("GET", &url)
+        .basic("user1", pw("user1"))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Change user1's password in Radicale's plain htpasswd file.
+    let users = up.dir().join("users");
+    let text = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(&users, text.replace("user1:user1-pw", "user1:new-pw")).unwrap();
+    let r = http
+        .request("GET", &url)
+        .basic("user1", "new-pw")
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "new password: {r:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = http
+            .request("GET", &url)
+            .basic("user1", pw("user1"))
+            .send()
+            .await
+            .status
+            .as_u16();
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 401,
+        "old password still accepted after the cache TTL"
+    );
+}
+
+async fn digest_on_owned_routes(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, _, url, _) = w.organizer_event(&["user1"]).await;
+    let digest = "Digest username=\"user1\", realm=\"x\", nonce=\"n\", uri=\"/\", response=\"r\"";
+    let r = w
+        .http
+        .request("GET", &url)
+        .header("Authorization", digest)
+        .send()
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.text().contains("Digest"), "{r:?}");
+    let r = w
+        .http
+        .request(
+            "POST",
+            &w.proxy.url(&format!("{path}?action=attachment-add")),
+        )
+        .header("Authorization", digest)
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send()
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.text().contains("Digest"), "{r:?}");
+}
+on_both!(digest_on_owned_routes:
+    digest_on_owned_routes_gets_a_clear_401_on_radicale,
+    digest_on_owned_routes_gets_a_clear_401_on_xandikos);
+
+async fn schedule_user_address_not_the_callers(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, _, _, _) = w.organizer_event(&["user1"]).await;
+    let r = w
+        .send(
+            Some("user1"),
+            "POST",
+            &format!("{path}?action=attachment-add"),
+            &[
+                ("Content-Type", "text/plain"),
+                ("Schedule-User-Address", "mailto:user2@example.org"),
+            ],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(
+        w.proxy.stderr().contains("dropping Schedule-User-Address"),
+        "foreign Schedule-User-Address was not dropped"
+    );
+}
+on_both!(schedule_user_address_not_the_callers:
+    foreign_schedule_user_address_is_dropped_on_radicale,
+    foreign_schedule_user_address_is_dropped_on_xandikos);
