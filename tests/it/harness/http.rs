@@ -79,10 +79,21 @@ impl Client {
     /// Sends a prepared request and returns the streaming response.
     pub async fn send_streaming(&self, request: Request<Body>) -> http::Response<Incoming> {
         let what = format!("{} {}", request.method(), request.uri());
+        self.try_send_streaming(request)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Like [`Client::send_streaming`], for tests where a failed exchange
+    /// (connection refused or reset) is an outcome, not a test failure.
+    pub async fn try_send_streaming(
+        &self,
+        request: Request<Body>,
+    ) -> Result<http::Response<Incoming>, String> {
         self.inner
             .request(request)
             .await
-            .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+            .map_err(|e| format!("{e:?}"))
     }
 }
 
@@ -148,28 +159,38 @@ impl RequestBuilder {
         self.send_with_timeout(Duration::from_secs(30)).await
     }
 
-    /// Sends the request and reads the whole response within `deadline`.
-    pub async fn send_with_timeout(self, deadline: Duration) -> Reply {
+    /// Sends the request and reads the whole response; a connection or
+    /// body error, or no answer within `deadline`, is an `Err` naming it.
+    pub async fn try_send(self, deadline: Duration) -> Result<Reply, String> {
         let what = format!("{} {}", self.method, self.url);
         let client = self.client.clone();
         let request = self.build();
         let exchange = async {
-            let response = client.send_streaming(request).await;
+            let response = client.try_send_streaming(request).await?;
             let (parts, body) = response.into_parts();
             let body = body
                 .collect()
                 .await
-                .unwrap_or_else(|e| panic!("{what}: reading body: {e:?}"))
+                .map_err(|e| format!("reading body: {e:?}"))?
                 .to_bytes();
-            Reply {
+            Ok::<_, String>(Reply {
                 status: parts.status,
                 version: parts.version,
                 headers: parts.headers,
                 body,
-            }
+            })
         };
-        tokio::time::timeout(deadline, exchange)
+        match tokio::time::timeout(deadline, exchange).await {
+            Ok(result) => result.map_err(|e| format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: no complete answer within {deadline:?}")),
+        }
+    }
+
+    /// Sends the request and reads the whole response within `deadline`;
+    /// panics (failing the test) on any error.
+    pub async fn send_with_timeout(self, deadline: Duration) -> Reply {
+        self.try_send(deadline)
             .await
-            .unwrap_or_else(|_| panic!("{what}: no complete answer within {deadline:?}"))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
