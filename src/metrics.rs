@@ -167,6 +167,17 @@ impl Metrics {
             "Unix time at which the last garbage collection pass ended",
             gc_last_run.clone(),
         );
+        // Series that exist from the start, at zero: a dashboard or an alert on
+        // `rate(...)` then sees 0, not "no data", before the first event.
+        for direction in ["in", "out"] {
+            drop(attachment_bytes.get_or_create(&DirectionLabels { direction }));
+        }
+        for kind in ["unavailable", "full", "other"] {
+            drop(store_errors.get_or_create(&KindLabels { kind }));
+        }
+        for outcome in ["ok", "errors"] {
+            drop(gc_runs.get_or_create(&OutcomeLabels { outcome }));
+        }
         Metrics {
             registry,
             requests,

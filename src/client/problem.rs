@@ -56,7 +56,9 @@ pub fn refusal(status: StatusCode, content_type: Option<&str>, body: &[u8]) -> R
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
         let plain = content_type.is_some_and(|t| t.to_ascii_lowercase().starts_with("text/plain"));
-        if plain && !text.is_empty() && text.len() <= 500 {
+        // A 401 text is the server's own ("access forbidden"); where credentials come
+        // from is what helps.
+        if plain && !text.is_empty() && text.len() <= 500 && status != StatusCode::UNAUTHORIZED {
             text.to_owned()
         } else {
             by_status(status).to_owned()

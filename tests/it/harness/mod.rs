@@ -28,6 +28,7 @@ pub mod http;
 pub mod process;
 pub mod raw;
 pub mod s3;
+pub mod seaweedfs;
 pub mod upstream;
 
 pub use calattach::{Calattach, Storage};
