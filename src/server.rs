@@ -69,6 +69,7 @@ impl State {
 /// Runs both listeners until SIGTERM/SIGINT, then drains in-flight requests for at most
 /// `server.shutdown_grace`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
@@ -96,7 +97,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(?interval, "periodic gc enabled");
         tokio::spawn(crate::gc::periodic(state.clone(), interval));
     }
-    run_until_shutdown(listener, state).await;
+    run_until_shutdown(listener, state, shutdown).await;
     Ok(())
 }
 
@@ -128,9 +129,13 @@ pub async fn probe_upstream(upstream: &Upstream) -> Result<http::HeaderMap, Erro
     Ok(resp.headers().clone())
 }
 
-async fn run_until_shutdown(listener: TcpListener, state: Arc<State>) {
+async fn run_until_shutdown(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
@@ -171,26 +176,28 @@ async fn run_until_shutdown(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers the SIGTERM/SIGINT handlers now (synchronously, so a signal that arrives
+/// during the startup probe is not lost or fatal) and returns the future that resolves
+/// on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot install SIGTERM handler");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 /// The per-connection service, outermost layer first.
