@@ -15,6 +15,9 @@ pub enum Route {
     AttachmentWrite,
     /// `OPTIONS` elsewhere: forwarded, then the `DAV:` token is added (RFC 8607 §3.2).
     Options,
+    /// `PROPFIND`, `PROPPATCH`, `MKCALENDAR`, `MKCOL` elsewhere: the RFC 8607 §6 properties
+    /// (`props::http` reads a bounded body prefix, then rewrites, refuses or forwards).
+    Props,
     /// `PUT`, `DELETE`, `MOVE` of a non-collection path: the guard (DESIGN §5) looks at
     /// the store's index and, for `text/calendar` PUTs, a bounded body, then forwards.
     Guard,
@@ -35,6 +38,7 @@ pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
         Method::OPTIONS => Route::Options,
         Method::PUT | Method::DELETE if !uri.path().ends_with('/') => Route::Guard,
         _ if method.as_str() == "MOVE" && !uri.path().ends_with('/') => Route::Guard,
+        _ if is_props_method(method) => Route::Props,
         _ => Route::Forward,
     }
 }
@@ -43,6 +47,13 @@ pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
 pub fn under_prefix(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+fn is_props_method(method: &Method) -> bool {
+    matches!(
+        method.as_str(),
+        "PROPFIND" | "PROPPATCH" | "MKCALENDAR" | "MKCOL"
+    )
 }
 
 fn has_action(query: Option<&str>) -> bool {
@@ -79,6 +90,15 @@ mod tests {
         assert_eq!(r("PROPPATCH", "/.attachments/abc"), Route::AttachmentWrite);
         assert_eq!(r("OPTIONS", "/.attachments/abc"), Route::AttachmentOptions);
         assert_eq!(r("GET", "/.attachmentsX/abc"), Route::Forward);
+    }
+
+    #[test]
+    fn property_methods_outside_the_prefix_are_the_props_route() {
+        for m in ["PROPFIND", "PROPPATCH", "MKCALENDAR", "MKCOL"] {
+            assert_eq!(r(m, "/user1/calendar/"), Route::Props, "{m}");
+            assert_eq!(r(m, "/.attachments/abc"), Route::AttachmentWrite, "{m}");
+        }
+        assert_eq!(r("REPORT", "/user1/calendar/"), Route::Forward);
     }
 
     #[test]

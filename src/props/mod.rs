@@ -13,9 +13,11 @@
 //!   §5.3.1, RFC 5689), and builds the refusal bodies.
 //! * [`rewrite`] is the streaming rewriter of the upstream's multistatus (RFC 4918 §13, §14.16).
 //!
-//! Everything here is pure: bytes in, bytes out. Routing, reading bodies up to a bound, and
-//! deciding which resource is the caller's calendar home belong to the caller.
+//! Everything in these two is pure: bytes in, bytes out. [`http`] wires them into the
+//! PROPFIND, PROPPATCH, MKCALENDAR and MKCOL routes: reading bodies up to a bound and deciding
+//! which resource is the caller's calendar home or a calendar.
 
+pub mod http;
 pub mod request;
 pub mod rewrite;
 mod scan;
