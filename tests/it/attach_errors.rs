@@ -412,7 +412,7 @@ async fn conditional_posts_answer_412_and_upload_nothing(env: &Env) {
             &crate::transparency::event(&uid, "Planning (moved again)", "20250716T170000Z"),
         )
         .await;
-    raw.send(&vec![b'a'; AGENDA_LEN]);
+    raw.send(&[b'a'; AGENDA_LEN]);
     let last = tokio::task::spawn_blocking(move || raw.read())
         .await
         .expect("join");
@@ -483,7 +483,7 @@ async fn expect_100_continue_gets_the_final_status_before_any_upload(env: &Env) 
         raw.send(good.as_bytes());
         let interim = raw.read();
         assert_eq!(interim.status, 100, "valid POST: {interim:?}");
-        raw.send(&vec![b'a'; AGENDA_LEN]);
+        raw.send(&[b'a'; AGENDA_LEN]);
         (first, second, raw.read())
     })
     .await

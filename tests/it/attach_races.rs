@@ -52,7 +52,7 @@ async fn unconditional_post_reapplies_its_edit_over_a_concurrent_put(env: &Env) 
         "{}: client PUT: {reply:?}",
         env.name()
     );
-    raw.send(&vec![b'a'; AGENDA_LEN]);
+    raw.send(&[b'a'; AGENDA_LEN]);
     let last = tokio::task::spawn_blocking(move || raw.read())
         .await
         .expect("join");
