@@ -312,10 +312,12 @@ fn normalize_href(href: &str) -> String {
 // === calendar look-up ===
 
 type CacheKey = ([u8; 32], String, String);
+/// The normalised hrefs of calendars found by one look-up.
+type Calendars = Arc<HashSet<String>>;
 
 struct CalendarCache {
     key: [u8; 32],
-    entries: Mutex<HashMap<CacheKey, (Instant, Arc<HashSet<String>>)>>,
+    entries: Mutex<HashMap<CacheKey, (Instant, Calendars)>>,
 }
 
 /// Process-wide: the look-ups are a pure function of (credentials, URL, Depth) and the
