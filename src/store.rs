@@ -47,11 +47,12 @@
 //!   (or the next request touching the object) asks the upstream whether it is referenced
 //!   and then marks it live or discards it. Nothing is deleted on a guess.
 //!
-//! [`Store::discard`] deletes in the order refs → blob → `live` → `removed` → meta. Meta
-//! goes last because [`Store::list_ids`] lists `meta/`: a crash part-way leaves the id
-//! listed, and a second `discard` (from `gc`) finishes the job, since deleting what is
-//! already gone succeeds. Until then the id may read as `pending` with no blob; only ids
-//! known to be unreferenced are ever discarded, so no `ATTACH` points at it.
+//! [`Store::discard`] deletes in the order refs → blob → audience → holders → `live` →
+//! `removed` → meta. Meta goes last because [`Store::list_ids`] lists `meta/`: a crash
+//! part-way leaves the id listed, and a second `discard` (from `gc`) finishes the job,
+//! since deleting what is already gone succeeds. Until then the id may read as `pending`
+//! with no blob; only ids known to be unreferenced are ever discarded, so no `ATTACH`
+//! points at it.
 //!
 //! # Backends
 //!
@@ -877,9 +878,9 @@ impl Store {
     }
 
     /// Deletes everything about `id`: its refs (found through its metadata), blob,
-    /// markers, then its metadata (last, so a crash part-way leaves it listed for `gc`; see
-    /// the module docs). Only for ids known to be unreferenced: a definite upstream refusal,
-    /// or `gc`'s proof. Safe to repeat and to run concurrently.
+    /// audience, holders, markers, then its metadata (last, so a crash part-way leaves it
+    /// listed for `gc`; see the module docs). Only for ids known to be unreferenced: a
+    /// definite upstream refusal, or `gc`'s proof. Safe to repeat and to run concurrently.
     pub async fn discard(&self, id: &AttachmentId) -> Result<(), StoreError> {
         // Corrupt metadata must not block cleanup: the href only finds the ref.
         let meta = match self.read_meta(id).await {
@@ -891,6 +892,17 @@ impl Store {
             self.remove_ref(&meta.href, id).await?;
         }
         self.delete_if_present(&blob_path(id)).await?;
+        self.delete_if_present(&audience_path(id)).await?;
+        let dir = holders_dir(id);
+        let holders: Vec<_> = self
+            .inner
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::from_object_store(e, &dir))?;
+        for h in holders {
+            self.delete_if_present(&h.location).await?;
+        }
         self.delete_if_present(&live_path(id)).await?;
         self.delete_if_present(&removed_path(id)).await?;
         self.delete_if_present(&meta_path(id)).await
