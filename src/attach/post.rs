@@ -380,7 +380,10 @@ async fn commit(
             super::drain(resp).await;
             return Ok((v, new_cal));
         }
-        if status != StatusCode::PRECONDITION_FAILED {
+        // 412: the object changed since it was read. 423: the upstream holds a lock
+        // (Xandikos locks a collection while it writes); the PUT was not applied either
+        // way, so re-reading and re-applying is safe.
+        if status != StatusCode::PRECONDITION_FAILED && status != StatusCode::LOCKED {
             tracing::info!(%path, status = status.as_u16(), "upstream refused the commit");
             return Err(Outcome::Refused(state.upstream.relay_response(resp)));
         }
@@ -392,7 +395,7 @@ async fn commit(
                 "{path} kept changing; gave up after {retries} retries"
             ))));
         }
-        tracing::warn!(%path, attempt, "412 on commit, re-applying edit");
+        tracing::warn!(%path, attempt, status = status.as_u16(), "commit not applied (412 on commit, or 423 locked), re-applying edit");
         backoff(attempt).await;
         object = match fetch_object(
             &state.upstream,
