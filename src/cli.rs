@@ -228,16 +228,29 @@ async fn check(cfg: &Config) -> bool {
 }
 
 /// calattach answers everything under `attachments.prefix` itself, so whatever the
-/// upstream has there becomes unreachable. An unauthenticated `GET <prefix>/` upstream
-/// must answer 404 (or 410); 401/403 cannot tell and only warn; anything else (a
-/// resource, a redirect, a server error) fails.
+/// upstream has there becomes unreachable. `PROPFIND <prefix>/` (depth 0) upstream, with
+/// the gc service credential when one is configured (servers such as Radicale answer
+/// 401 to anyone else), must answer 404 (or 410); 401/403 cannot tell and only warn;
+/// anything else (a resource, a redirect, a server error) fails.
 async fn check_prefix(state: &server::State) -> bool {
     let prefix = &state.config.attachments.prefix;
     let probe = async {
         let mut req = http::Request::new(crate::body::empty());
+        *req.method_mut() = http::Method::from_bytes(b"PROPFIND")
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        req.headers_mut()
+            .insert("depth", http::HeaderValue::from_static("0"));
         *req.uri_mut() = state.upstream.uri_for(&format!("{prefix}/"))?;
         req.headers_mut()
             .insert(http::header::HOST, state.upstream.authority().clone());
+        if let Some(user) = &state.config.gc.username {
+            use base64::Engine;
+            let pw = state.config.gc.password.as_deref().unwrap_or("");
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+            if let Ok(v) = http::HeaderValue::from_str(&format!("Basic {token}")) {
+                req.headers_mut().insert(http::header::AUTHORIZATION, v);
+            }
+        }
         let resp = state.upstream.send(req).await?;
         let status = resp.status();
         crate::attach::drain(resp).await;
@@ -249,17 +262,21 @@ async fn check_prefix(state: &server::State) -> bool {
             true
         }
         Ok(s) if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN => {
+            let hint = if state.config.gc.username.is_some() {
+                ""
+            } else {
+                " (set gc.username and gc.password to let this check log in)"
+            };
             println!(
-                "attachments.prefix {prefix}: WARN: the upstream answered {s} without \
-                 credentials, so whether it has resources under {prefix}/ is unknown; \
-                 calattach would hide them"
+                "attachments.prefix {prefix}: WARN: the upstream answered {s}, so whether \
+                 it has resources under {prefix}/ is unknown{hint}; calattach would hide them"
             );
             true
         }
         Ok(s) => {
             println!(
                 "attachments.prefix {prefix}: FAIL: prefix collision: the upstream answers \
-                 GET {prefix}/ with {s}, not 404; calattach serves every path under the \
+                 PROPFIND {prefix}/ with {s}, not 404; calattach serves every path under the \
                  prefix itself and would hide what the upstream has there. Choose another \
                  attachments.prefix"
             );

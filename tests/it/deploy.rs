@@ -124,6 +124,35 @@ fn check_config_passes_with_seaweedfs_storage_and_warns_on_an_unknowable_prefix(
 }
 
 #[test]
+fn check_config_uses_the_gc_credential_to_find_a_prefix_that_is_a_user_home() {
+    let up = Upstream::radicale();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = format!(
+        "[storage]\nurl = \"file://{}\"\n",
+        dir.path().join("data").display()
+    );
+    let gc = format!(
+        "[gc]\nusername = \"{USER}\"\npassword = \"{}\"\n",
+        up.password(USER)
+    );
+    // user1's own home collection: Radicale answers 207 to user1.
+    let (_cfg_dir, taken) = config_file(
+        &(base_config(&up.origin(), &storage, "")
+            + &gc
+            + &format!("[attachments]\nprefix = \"/{USER}\"\n")),
+    );
+    let out = check_config(dir.path(), &taken);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "attachments.prefix /{USER}: FAIL: prefix collision"
+        )),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn check_config_fails_when_the_storage_directory_cannot_be_written() {
     let up = Upstream::radicale();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -171,7 +200,7 @@ fn check_config_fails_when_the_storage_bucket_refuses_the_probe() {
 
 #[test]
 fn check_config_fails_when_the_prefix_collides_with_an_upstream_path() {
-    // Radicale answers GET /.well-known/caldav/ with a redirect: something is there.
+    // Radicale answers /.well-known/caldav/ with a redirect: something is there.
     let up = Upstream::radicale();
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = format!(
