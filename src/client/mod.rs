@@ -75,7 +75,9 @@ pub struct AttachArgs {
 pub enum AttachCommand {
     /// Upload FILE and attach it to the event; prints the managed id and the URL.
     Add {
+        /// URL of the event (the calendar object resource, `.../name.ics`).
         event_url: String,
+        /// The file to upload (streamed from disk).
         file: PathBuf,
         /// Attach to these instances only (RECURRENCE-ID values; repeatable).
         #[arg(long = "rid", value_name = "RID")]
@@ -89,8 +91,11 @@ pub enum AttachCommand {
     },
     /// Replace the attachment MANAGED_ID with FILE; prints the new managed id.
     Update {
+        /// URL of the event (the calendar object resource, `.../name.ics`).
         event_url: String,
+        /// MANAGED-ID of the attachment (as `list` shows it).
         managed_id: String,
+        /// The file to upload (streamed from disk).
         file: PathBuf,
         #[arg(long)]
         content_type: Option<String>,
@@ -99,16 +104,22 @@ pub enum AttachCommand {
     },
     /// Remove the attachment MANAGED_ID from the event (or from some instances).
     Remove {
+        /// URL of the event (the calendar object resource, `.../name.ics`).
         event_url: String,
+        /// MANAGED-ID of the attachment (as `list` shows it).
         managed_id: String,
         #[arg(long = "rid", value_name = "RID")]
         rids: Vec<String>,
     },
     /// List the event's attachments: managed id, size, type, name, instance, URL
     /// (tab-separated, one per line).
-    List { event_url: String },
+    List {
+        /// URL of the event (the calendar object resource, `.../name.ics`).
+        event_url: String,
+    },
     /// Download an attachment into a file (`-o -` for standard output).
     Get {
+        /// The attachment URL (as `add` and `list` show it).
         attachment_url: String,
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
