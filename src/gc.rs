@@ -280,5 +280,15 @@ pub async fn periodic(state: std::sync::Arc<State>, interval: Duration) {
         )
         .await;
         tracing::info!(?report, "gc pass finished");
+        crate::metrics::get().gc_pass(
+            &[
+                ("tombstones_deleted", report.tombstones_deleted),
+                ("pending_deleted", report.pending_deleted),
+                ("pending_promoted", report.pending_promoted),
+                ("pending_left", report.pending_left),
+                ("orphan_blobs_deleted", report.orphan_blobs_deleted),
+            ],
+            report.errors,
+        );
     }
 }
