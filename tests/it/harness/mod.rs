@@ -24,6 +24,7 @@
 
 pub mod calattach;
 pub mod compare;
+pub mod faultproxy;
 pub mod http;
 pub mod process;
 pub mod raw;
