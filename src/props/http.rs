@@ -387,11 +387,24 @@ async fn calendars(state: &State, caller: &Caller, parts: &Parts) -> Arc<HashSet
             cache.put(key, set.clone());
             set
         }
-        Err(why) => {
+        Err(Lookup::Refused(status)) => {
+            // Usually 401/403 for a caller the upstream does not know; its own answer to
+            // the PROPFIND will say so.
+            tracing::debug!(%path, %status, "resourcetype look-up refused; no calendar limits in this PROPFIND");
+            Arc::default()
+        }
+        Err(Lookup::Failed(why)) => {
             tracing::warn!(%path, error = %why, "resourcetype look-up failed; no calendar limits in this PROPFIND");
             Arc::default()
         }
     }
+}
+
+/// Why a `DAV:resourcetype` look-up gave nothing.
+enum Lookup {
+    /// The upstream answered something else than `207`.
+    Refused(StatusCode),
+    Failed(String),
 }
 
 async fn lookup_calendars(
@@ -399,8 +412,9 @@ async fn lookup_calendars(
     caller: &Caller,
     path: &str,
     depth: Option<HeaderValue>,
-) -> Result<HashSet<String>, String> {
-    let method = Method::from_bytes(b"PROPFIND").map_err(|e| e.to_string())?;
+) -> Result<HashSet<String>, Lookup> {
+    let failed = |e: &dyn std::fmt::Display| Lookup::Failed(e.to_string());
+    let method = Method::from_bytes(b"PROPFIND").map_err(|e| failed(&e))?;
     let mut req = caller
         .request(
             &state.upstream,
@@ -408,7 +422,7 @@ async fn lookup_calendars(
             path,
             body::full(RESOURCETYPE_PROPFIND),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
     if let Some(d) = depth {
         req.headers_mut().insert("depth", d);
     }
@@ -416,11 +430,11 @@ async fn lookup_calendars(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/xml; charset=utf-8"),
     );
-    let resp = state.upstream.send(req).await.map_err(|e| e.to_string())?;
+    let resp = state.upstream.send(req).await.map_err(|e| failed(&e))?;
     if resp.status() != StatusCode::MULTI_STATUS {
         let status = resp.status();
         attach::drain(resp).await;
-        return Err(format!("upstream answered {status}"));
+        return Err(Lookup::Refused(status));
     }
     let mut found = HashSet::new();
     let plan = Plan {
@@ -441,14 +455,14 @@ async fn lookup_calendars(
     });
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = frame.map_err(|e| failed(&e))?;
         if let Some(data) = frame.data_ref() {
-            parser.feed(data).map_err(|e| e.to_string())?;
+            parser.feed(data).map_err(|e| failed(&e))?;
         }
     }
-    let (_, stats) = parser.finish_with_stats().map_err(|e| e.to_string())?;
+    let (_, stats) = parser.finish_with_stats().map_err(|e| failed(&e))?;
     if let Some(e) = stats.error {
-        return Err(e.to_string());
+        return Err(failed(&e));
     }
     Ok(found)
 }
