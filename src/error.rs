@@ -106,6 +106,10 @@ pub enum Error {
     Gone,
     #[error("upstream unavailable")]
     UpstreamUnavailable,
+    /// `502` like [`Error::UpstreamUnavailable`], and the request was never sent (no
+    /// connection could be made), so it certainly changed nothing upstream.
+    #[error("upstream unreachable")]
+    UpstreamUnreachable,
     #[error("upstream timed out")]
     UpstreamTimeout,
     /// `503 Retry-After`: the object store is unreachable or too busy; nothing changed.
@@ -138,7 +142,7 @@ impl Error {
             Error::Forbidden => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
-            Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Error::UpstreamUnavailable | Error::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StorageUnavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -156,7 +160,7 @@ impl Error {
         }
         let (content_type, text) = match &self {
             Error::Precondition(p, _) => ("application/xml; charset=utf-8", p.body()),
-            Error::UpstreamUnavailable => (
+            Error::UpstreamUnavailable | Error::UpstreamUnreachable => (
                 "text/plain; charset=utf-8",
                 "502 bad gateway: the calendar server is unreachable\n".to_owned(),
             ),

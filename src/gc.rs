@@ -40,6 +40,9 @@ pub struct Report {
     pub pending_promoted: u64,
     pub pending_left: u64,
     pub orphan_blobs_deleted: u64,
+    /// Live ids whose update/remove commit happened without its tombstone (a crash or a
+    /// lost answer), tombstoned now.
+    pub released: u64,
     pub errors: u64,
 }
 
@@ -109,6 +112,79 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                     since.to_rfc3339()
                 ));
             }
+            AttState::Releasing { since, href } => {
+                let age = (now - since).to_std().unwrap_or_default();
+                if age < opts.pending_grace {
+                    continue;
+                }
+                let Some(caller) = &service else {
+                    report.pending_left += 1;
+                    say(format!(
+                        "left releasing {} ({href}): no gc credentials configured to settle it",
+                        id.as_str()
+                    ));
+                    continue;
+                };
+                match proof(state, caller, &href, &id, &base).await {
+                    Proof::Referenced => {
+                        if !opts.dry_run {
+                            if let Err(e) = state.store.clear_releasing(&id).await {
+                                say(format!("error: {}: clearing marker: {e}", id.as_str()));
+                                report.errors += 1;
+                                continue;
+                            }
+                        }
+                        say(format!(
+                            "{} releasing {}: still referenced by {href}",
+                            verb("kept", "would keep"),
+                            id.as_str()
+                        ));
+                    }
+                    Proof::Unreferenced => {
+                        if !opts.dry_run {
+                            let done = match state.store.mark_removed(&id, "released").await {
+                                Ok(()) => state.store.clear_releasing(&id).await,
+                                Err(e) => Err(e),
+                            };
+                            if let Err(e) = done {
+                                say(format!("error: {}: tombstoning: {e}", id.as_str()));
+                                report.errors += 1;
+                                continue;
+                            }
+                        }
+                        report.released += 1;
+                        say(format!(
+                            "{} {}: no longer referenced by {href}",
+                            verb("tombstoned", "would tombstone"),
+                            id.as_str()
+                        ));
+                        // A zero retention deletes the new tombstone in this same pass.
+                        if opts.retention.is_zero() {
+                            if !opts.dry_run {
+                                if let Err(e) = state.store.discard(&id).await {
+                                    say(format!("error: {}: deleting tombstone: {e}", id.as_str()));
+                                    report.errors += 1;
+                                    continue;
+                                }
+                            }
+                            report.tombstones_deleted += 1;
+                            say(format!(
+                                "{} tombstone {} (retention 0)",
+                                verb("deleted", "would delete"),
+                                id.as_str()
+                            ));
+                        }
+                    }
+                    Proof::Unknown(why) => {
+                        report.pending_left += 1;
+                        say(format!("left releasing {} ({href}): {why}", id.as_str()));
+                    }
+                    Proof::Error(e) => {
+                        say(format!("error: {}: reading {href}: {e}", id.as_str()));
+                        report.errors += 1;
+                    }
+                }
+            }
             AttState::Pending => {
                 let age = (now - meta.created).to_std().unwrap_or_default();
                 if age < opts.pending_grace {
@@ -123,41 +199,30 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                     ));
                     continue;
                 };
-                let max = state.config.attachments.max_object_size;
-                let referenced =
-                    match attach::fetch_object(&state.upstream, caller, &meta.href, max).await {
-                        Ok(Fetched::Object(o)) => match Calendar::parse(&o.bytes) {
-                            Ok(cal) => {
-                                Some(cal.attach_refs(&base).iter().any(|r| r.id == id.as_str()))
-                            }
-                            // An object we cannot parse proves nothing.
-                            Err(_) => None,
-                        },
-                        Ok(Fetched::Relay(r)) if r.status() == http::StatusCode::NOT_FOUND => {
-                            Some(false)
-                        }
-                        Ok(Fetched::Relay(r)) => {
-                            say(format!(
-                                "left pending {} ({}): upstream answered {} to the gc credentials",
-                                id.as_str(),
-                                meta.href,
-                                r.status().as_u16()
-                            ));
-                            report.pending_left += 1;
-                            continue;
-                        }
-                        Err(e) => {
-                            say(format!(
-                                "error: {}: reading {}: {e}",
-                                id.as_str(),
-                                meta.href
-                            ));
-                            report.errors += 1;
-                            continue;
-                        }
-                    };
+                let referenced = match proof(state, caller, &meta.href, &id, &base).await {
+                    Proof::Referenced => true,
+                    Proof::Unreferenced => false,
+                    Proof::Unknown(why) => {
+                        say(format!(
+                            "left pending {} ({}): {why}",
+                            id.as_str(),
+                            meta.href
+                        ));
+                        report.pending_left += 1;
+                        continue;
+                    }
+                    Proof::Error(e) => {
+                        say(format!(
+                            "error: {}: reading {}: {e}",
+                            id.as_str(),
+                            meta.href
+                        ));
+                        report.errors += 1;
+                        continue;
+                    }
+                };
                 match referenced {
-                    Some(true) => {
+                    true => {
                         if !opts.dry_run {
                             if let Err(e) = state.store.mark_live(&id).await {
                                 say(format!("error: {}: promoting: {e}", id.as_str()));
@@ -173,7 +238,7 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                             meta.href
                         ));
                     }
-                    Some(false) => {
+                    false => {
                         if !opts.dry_run {
                             if let Err(e) = state.store.discard(&id).await {
                                 say(format!("error: {}: deleting: {e}", id.as_str()));
@@ -185,14 +250,6 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                         say(format!(
                             "{} pending {}: not referenced by {}",
                             verb("deleted", "would delete"),
-                            id.as_str(),
-                            meta.href
-                        ));
-                    }
-                    None => {
-                        report.pending_left += 1;
-                        say(format!(
-                            "left pending {} ({}): the object does not parse",
                             id.as_str(),
                             meta.href
                         ));
@@ -247,6 +304,36 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
     report
 }
 
+/// What reading the object upstream proved about one id.
+enum Proof {
+    Referenced,
+    /// The object does not reference the id, or no longer exists.
+    Unreferenced,
+    /// Nothing can be concluded (credentials refused, object does not parse).
+    Unknown(String),
+    Error(crate::error::Error),
+}
+
+/// Reads `href` with the service credential and looks for `id` among its ATTACH URIs.
+async fn proof(state: &State, caller: &Caller, href: &str, id: &AttachmentId, base: &str) -> Proof {
+    let max = state.config.attachments.max_object_size;
+    match attach::fetch_object(&state.upstream, caller, href, max).await {
+        Ok(Fetched::Object(o)) => match Calendar::parse(&o.bytes) {
+            Ok(cal) if cal.attach_refs(base).iter().any(|r| r.id == id.as_str()) => {
+                Proof::Referenced
+            }
+            Ok(_) => Proof::Unreferenced,
+            Err(_) => Proof::Unknown("the object does not parse".into()),
+        },
+        Ok(Fetched::Relay(r)) if r.status() == http::StatusCode::NOT_FOUND => Proof::Unreferenced,
+        Ok(Fetched::Relay(r)) => Proof::Unknown(format!(
+            "upstream answered {} to the gc credentials",
+            r.status().as_u16()
+        )),
+        Err(e) => Proof::Error(e),
+    }
+}
+
 /// The service credential from `[gc]`, as a caller.
 fn service_caller(state: &State) -> Option<Caller> {
     let gc = &state.config.gc;
@@ -287,6 +374,7 @@ pub async fn periodic(state: std::sync::Arc<State>, interval: Duration) {
                 ("pending_promoted", report.pending_promoted),
                 ("pending_left", report.pending_left),
                 ("orphan_blobs_deleted", report.orphan_blobs_deleted),
+                ("released", report.released),
             ],
             report.errors,
         );

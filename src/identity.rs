@@ -290,14 +290,20 @@ async fn propfind(
          <D:prop>{props}</D:prop></D:propfind>"
     );
     let method = Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?;
-    let mut req = caller.request(upstream, method, path, body::full(xml))?;
-    req.headers_mut()
-        .insert("depth", HeaderValue::from_static("0"));
-    req.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/xml; charset=utf-8"),
-    );
-    let resp = upstream.send(req).await?;
+    let xml = bytes::Bytes::from(xml);
+    let resp = upstream
+        .send_retrying(|| {
+            let mut req =
+                caller.request(upstream, method.clone(), path, body::full(xml.clone()))?;
+            req.headers_mut()
+                .insert("depth", HeaderValue::from_static("0"));
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/xml; charset=utf-8"),
+            );
+            Ok(req)
+        })
+        .await?;
     let status = resp.status();
     if status != StatusCode::MULTI_STATUS {
         return Ok((status, Err(upstream.relay_response(resp))));

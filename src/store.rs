@@ -241,6 +241,10 @@ pub enum State {
     Live,
     /// Tombstone: replaced or removed; `since` is the store's time of the marker.
     Removed { since: DateTime<Utc> },
+    /// An update or remove POST at `href` is about to drop this (live) id: its commit
+    /// may or may not have happened. Served like [`State::Live`]; `gc` asks the object
+    /// at `href` and either tombstones the id or clears the marker (see [`Store::mark_releasing`]).
+    Releasing { since: DateTime<Utc>, href: String },
 }
 
 /// What [`Store::put_blob`] wrote.
@@ -430,6 +434,10 @@ fn live_path(id: &AttachmentId) -> Path {
 
 fn removed_path(id: &AttachmentId) -> Path {
     Path::from_iter(["state", id.as_str(), "removed"])
+}
+
+fn releasing_path(id: &AttachmentId) -> Path {
+    Path::from_iter(["state", id.as_str(), "releasing"])
 }
 
 fn refs_dir(href: &str) -> Path {
@@ -745,6 +753,21 @@ impl Store {
             .await
     }
 
+    /// Records, before the commit of an update or remove POST at `href`, that `id` is about
+    /// to lose its reference there. Without it a crash (or a lost answer) after the
+    /// upstream applied the commit but before the tombstone was written would leave `id`
+    /// live and unreferenced forever; with it, `gc` can find and settle the id.
+    pub async fn mark_releasing(&self, id: &AttachmentId, href: &str) -> Result<(), StoreError> {
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        self.put_marker(&releasing_path(id), format!("{now}\n{href}\n"))
+            .await
+    }
+
+    /// Clears the marker of [`Store::mark_releasing`] once the outcome is known.
+    pub async fn clear_releasing(&self, id: &AttachmentId) -> Result<(), StoreError> {
+        self.delete_if_present(&releasing_path(id)).await
+    }
+
     /// Metadata and state of `id`; `None` when no metadata exists (unknown id, or one
     /// whose discard has finished).
     pub async fn state(&self, id: &AttachmentId) -> Result<Option<(Meta, State)>, StoreError> {
@@ -765,6 +788,30 @@ impl Store {
         let state = if let Some(removed) = marker("removed") {
             State::Removed {
                 since: removed.last_modified,
+            }
+        } else if let Some(releasing) = marker("releasing") {
+            let path = releasing.location.clone();
+            let body = match self.inner.get(&path).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map_err(|e| StoreError::from_object_store(e, &path))?,
+                // Cleared meanwhile: the id is live again.
+                Err(object_store::Error::NotFound { .. }) => Bytes::new(),
+                Err(e) => return Err(StoreError::from_object_store(e, &path)),
+            };
+            let href = String::from_utf8_lossy(&body)
+                .lines()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned();
+            if href.is_empty() {
+                State::Live
+            } else {
+                State::Releasing {
+                    since: releasing.last_modified,
+                    href,
+                }
             }
         } else if marker("live").is_some() {
             State::Live
@@ -904,6 +951,7 @@ impl Store {
             self.delete_if_present(&h.location).await?;
         }
         self.delete_if_present(&live_path(id)).await?;
+        self.delete_if_present(&releasing_path(id)).await?;
         self.delete_if_present(&removed_path(id)).await?;
         self.delete_if_present(&meta_path(id)).await
     }

@@ -83,7 +83,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
                 tracing::info!(id = %meta.id.as_str(), "pending attachment is referenced: now live");
             }
         }
-        AttState::Live => {}
+        AttState::Live | AttState::Releasing { .. } => {}
     }
     serve(state, &meta, req.headers(), head).await
 }

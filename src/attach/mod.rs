@@ -127,8 +127,9 @@ pub async fn fetch_object(
     path: &str,
     max_size: u64,
 ) -> Result<Fetched, Error> {
-    let req = caller.request(upstream, Method::GET, path, body::empty())?;
-    let resp = upstream.send(req).await?;
+    let resp = upstream
+        .send_retrying(|| caller.request(upstream, Method::GET, path, body::empty()))
+        .await?;
     if resp.status() != StatusCode::OK {
         return Ok(Fetched::Relay(upstream.relay_response(resp)));
     }

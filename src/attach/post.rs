@@ -94,6 +94,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         return Ok(precondition_failed(state, &path, &object, prefer));
     }
     let cal = parse_object(&object, &path, cfg.max_overrides)?;
+    promote_referenced(state, &cal).await;
     // RFC 8607 §3.12.2 (attendees may not change) and the scheduling header rule.
     let identity = super::access::may_change(state, &caller, &path, &cal, query.action).await?;
     super::access::filter_schedule_user_address(&mut headers, identity.as_deref());
@@ -114,6 +115,20 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         None
     };
 
+    // The id an update or remove drops: marked before the commit so that a crash or a
+    // lost answer after the upstream applied it cannot leave it live and unreferenced
+    // forever (gc settles marked ids, see store::State::Releasing).
+    let releasing = match query.managed_id.as_deref().and_then(AttachmentId::parse) {
+        Some(old) if matches!(state.store.state(&old).await, Ok(Some(_))) => {
+            state
+                .store
+                .mark_releasing(&old, &path)
+                .await
+                .map_err(store_error)?;
+            Some(old)
+        }
+        _ => None,
+    };
     let committed = commit(
         state,
         &caller,
@@ -129,10 +144,12 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         Ok(c) => c,
         Err(Outcome::Refused(resp)) => {
             discard(state, upload.as_ref()).await;
+            clear_releasing(state, releasing.as_ref()).await;
             return Ok(resp);
         }
         Err(Outcome::Failed(e)) => {
             discard(state, upload.as_ref()).await;
+            clear_releasing(state, releasing.as_ref()).await;
             return Err(e);
         }
         Err(Outcome::Ambiguous(e)) => {
@@ -143,7 +160,9 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         }
     };
 
-    finish_store(state, &path, &query, upload.as_ref(), &new_cal).await;
+    if finish_store(state, &path, &query, upload.as_ref(), &new_cal).await {
+        clear_releasing(state, releasing.as_ref()).await;
+    }
     super::access::record_audience(state, &new_cal).await;
     respond(
         state,
@@ -357,23 +376,36 @@ async fn commit(
                 "edited object does not parse: {e}"
             )))
         })?;
-        let mut put = caller
-            .request(&state.upstream, Method::PUT, path, body::full(new_bytes))
-            .map_err(Outcome::Failed)?;
-        let h = put.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/calendar; charset=utf-8"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            h.insert(header::IF_MATCH, v);
-        }
-        for name in FORWARDED_TO_COMMIT {
-            if let Some(v) = headers.get(name) {
-                h.insert(name, v.clone());
+        let new_bytes = bytes::Bytes::from(new_bytes);
+        let make_put = || {
+            let mut put = caller.request(
+                &state.upstream,
+                Method::PUT,
+                path,
+                body::full(new_bytes.clone()),
+            )?;
+            let h = put.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/calendar; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::IF_MATCH, v);
             }
-        }
-        let resp = state.upstream.send(put).await.map_err(Outcome::Ambiguous)?;
+            for name in FORWARDED_TO_COMMIT {
+                if let Some(v) = headers.get(name) {
+                    h.insert(name, v.clone());
+                }
+            }
+            Ok(put)
+        };
+        // Never sent (no connection) is a definite failure; anything after the request
+        // went out may have been applied.
+        let resp = match state.upstream.send_retrying(make_put).await {
+            Ok(r) => r,
+            Err(e @ Error::UpstreamUnreachable) => return Err(Outcome::Failed(e)),
+            Err(e) => return Err(Outcome::Ambiguous(e)),
+        };
         let status = resp.status();
         if status.is_success() {
             let v = super::validators(resp.headers());
@@ -427,6 +459,36 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// Reconciliation on touch (DESIGN §8): a pending id the object references was
+/// committed by a request whose state change was lost (crash, lost answer); promote it.
+async fn promote_referenced(state: &State, cal: &Calendar) {
+    let base = super::url_base(&state.upstream, &state.config.attachments.prefix);
+    for r in cal.attach_refs(&base) {
+        let Some(id) = AttachmentId::parse(&r.id) else {
+            continue;
+        };
+        if let Ok(Some((_, crate::store::State::Pending))) = state.store.state(&id).await {
+            match state.store.mark_live(&id).await {
+                Ok(()) => {
+                    tracing::info!(id = %id.as_str(), "pending attachment is referenced: now live")
+                }
+                Err(e) => {
+                    tracing::warn!(id = %id.as_str(), error = %e, "promoting pending attachment failed")
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of an update/remove commit is known: drop its releasing marker.
+async fn clear_releasing(state: &State, id: Option<&AttachmentId>) {
+    if let Some(id) = id {
+        if let Err(e) = state.store.clear_releasing(id).await {
+            tracing::warn!(id = %id.as_str(), error = %e, "clearing releasing marker failed; gc will");
+        }
+    }
+}
+
 /// Deletes an upload whose commit definitely did not happen.
 async fn discard(state: &State, upload: Option<&Upload>) {
     if let Some(u) = upload {
@@ -447,7 +509,7 @@ async fn finish_store(
     query: &AttachQuery,
     upload: Option<&Upload>,
     new_cal: &Calendar,
-) {
+) -> bool {
     let store = &state.store;
     if let Some(u) = upload {
         if let Err(e) = store.mark_live(&u.id).await {
@@ -456,21 +518,24 @@ async fn finish_store(
     }
     // The replaced or removed id: tombstone it once the object no longer holds it.
     let Some(old) = query.managed_id.as_deref() else {
-        return;
+        return true;
     };
     if new_cal.distinct_managed_ids().contains(old) {
-        return;
+        return true;
     }
     let Some(old_id) = AttachmentId::parse(old) else {
-        return; // not one of ours (data from before calattach)
+        return true; // not one of ours (data from before calattach)
     };
     let reason = query.action.as_str();
     if let Err(e) = store.mark_removed(&old_id, reason).await {
+        // Its releasing marker stays, so gc tombstones it later.
         tracing::warn!(id = old, error = %e, "tombstoning attachment failed");
+        return false;
     }
     if let Err(e) = store.remove_ref(path, &old_id).await {
         tracing::warn!(id = old, error = %e, "removing reference failed");
     }
+    true
 }
 
 /// `201` (add) or `204`/`200` (update, remove), with `Cal-Managed-ID` (add/update only,

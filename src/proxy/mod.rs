@@ -114,6 +114,46 @@ impl Upstream {
         }
     }
 
+    /// Like [`Upstream::send`] for calattach's own requests, whose bodies can be built
+    /// again: a failure to connect is retried (twice, after 50 and 250 ms), since nothing
+    /// was sent. A connection that cannot be made at all ends as
+    /// [`Error::UpstreamUnreachable`], which tells callers the request was never sent —
+    /// unlike [`Error::UpstreamUnavailable`] after a request went out.
+    pub async fn send_retrying(
+        &self,
+        make: impl Fn() -> Result<Request<Body>, Error>,
+    ) -> Result<Response<Incoming>, Error> {
+        const BACKOFF: [u64; 2] = [50, 250];
+        let mut attempt = 0;
+        loop {
+            let req = make()?;
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let _timer = crate::metrics::get().upstream_timer();
+            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) if e.is_connect() => {
+                    if let Some(ms) = BACKOFF.get(attempt) {
+                        tracing::info!(%method, %path, attempt, error = %error_chain(&e), "connecting upstream failed, retrying");
+                        tokio::time::sleep(Duration::from_millis(*ms)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    tracing::warn!(%method, %path, error = %error_chain(&e), "upstream unreachable");
+                    return Err(Error::UpstreamUnreachable);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%method, %path, error = %error_chain(&e), "upstream request failed");
+                    return Err(Error::UpstreamUnavailable);
+                }
+                Err(_) => {
+                    tracing::warn!(%method, %path, timeout = ?self.response_timeout, "upstream response timed out");
+                    return Err(Error::UpstreamTimeout);
+                }
+            }
+        }
+    }
+
     /// Forwards a client request unchanged but for the documented rewrites, and relays
     /// the response the same way. Bodies stream in both directions.
     pub async fn forward(

@@ -1105,3 +1105,47 @@ impl RoomyRadicale {
         }
     }
 }
+// === update and remove whose commit outcome is lost ===
+
+/// The upstream applies the commit of an update (or a remove) but calattach is killed
+/// before it hears the answer, so the replaced id is never tombstoned. After restart
+/// and gc the object is sound and the store holds only what the object references:
+/// the replaced blob does not leak.
+async fn sigkill_after_commit_of_update_or_remove_leaks_nothing(remove: bool) {
+    let mut lab = Lab::start(Backend::Local, "").await;
+    let href = lab.new_event("Killed while replacing").await;
+    let old = File::new("old.bin", 3000);
+    let id = add_ok(&lab, &href, &old).await;
+    let new = File::new("new.bin", 4000);
+    let query = if remove {
+        format!("action=attachment-remove&managed-id={id}")
+    } else {
+        format!("action=attachment-update&managed-id={id}")
+    };
+    let mut trigger = lab.upstream_fp.on(&commit_put(&href), Action::HoldResponse);
+    let in_flight = lab.raw_upload(&href, &query, &new);
+    trigger.answered(Duration::from_secs(20)).await;
+    lab.kill();
+    trigger.release(Release::Drop);
+    let _ = in_flight.await;
+    let (ids, out) = recover_and_check(&mut lab, &href, &[&old, &new]).await;
+    assert!(
+        !ids.contains(&id),
+        "the replaced id is still referenced: {ids:?}"
+    );
+    assert_eq!(
+        ids.len(),
+        usize::from(!remove),
+        "{ids:?}\ngc output:\n{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_commit_of_update_leaks_nothing() {
+    sigkill_after_commit_of_update_or_remove_leaks_nothing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_commit_of_remove_leaks_nothing() {
+    sigkill_after_commit_of_update_or_remove_leaks_nothing(true).await;
+}

@@ -7,7 +7,6 @@
 mod harness;
 
 mod access;
-mod access;
 mod attach;
 mod attach_errors;
 mod attach_races;
