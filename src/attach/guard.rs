@@ -413,37 +413,12 @@ async fn representation(
     let Ok(Fetched::Object(o)) = fetch_object(&state.upstream, caller, path, max).await else {
         return Ok(fallback);
     };
-    let mut resp = Response::new(body::full(o.bytes));
-    *resp.status_mut() = if status == StatusCode::CREATED {
+    let status = if status == StatusCode::CREATED {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/calendar; charset=utf-8"),
-    );
-    h.insert(
-        "preference-applied",
-        HeaderValue::from_static("return=representation"),
-    );
-    let public = format!(
-        "{}{}",
-        state.upstream.public_url().as_str().trim_end_matches('/'),
-        path
-    );
-    if let Ok(v) = HeaderValue::from_str(&public) {
-        h.insert(header::CONTENT_LOCATION, v);
-    }
-    for (name, v) in [
-        ("etag", o.validators.etag),
-        ("schedule-tag", o.validators.schedule_tag),
-    ] {
-        if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            h.insert(name, v);
-        }
-    }
+    let resp = super::object_response(state, status, path, &o.validators, Some(o.bytes));
     Ok(resp)
 }
 

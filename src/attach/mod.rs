@@ -10,7 +10,7 @@ pub mod post;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -212,4 +212,53 @@ pub fn attachment_url(
 /// can be reused (bounded; larger bodies just close the connection).
 pub async fn drain(resp: Response<Incoming>) {
     let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
+}
+
+/// A response about a calendar object: `Content-Location` (its public URL), its `ETag`
+/// and `Schedule-Tag`, and — when `representation` is given, for `Prefer:
+/// return=representation` (RFC 7240, RFC 8144 §3.2) — the object itself with
+/// `Preference-Applied`; otherwise an empty body.
+pub fn object_response(
+    state: &crate::server::State,
+    status: StatusCode,
+    path: &str,
+    validators: &Validators,
+    representation: Option<Bytes>,
+) -> Response<Body> {
+    let with_body = representation.is_some();
+    let mut resp = Response::new(match representation {
+        Some(bytes) => body::full(bytes),
+        None => body::empty(),
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let public = format!(
+        "{}{}",
+        state.upstream.public_url().as_str().trim_end_matches('/'),
+        path
+    );
+    if let Ok(v) = HeaderValue::from_str(&public) {
+        h.insert(header::CONTENT_LOCATION, v);
+    }
+    for (name, v) in [
+        (header::ETAG, &validators.etag),
+        (HeaderName::from_static("schedule-tag"), &validators.schedule_tag),
+    ] {
+        if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    if with_body {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/calendar; charset=utf-8"),
+        );
+        h.insert(
+            "preference-applied",
+            HeaderValue::from_static("return=representation"),
+        );
+    } else {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    resp
 }

@@ -571,11 +571,7 @@ async fn respond(
         (_, Some(_)) => StatusCode::OK,
         (_, None) => StatusCode::NO_CONTENT,
     };
-    let mut resp = match &representation {
-        Some(bytes) => Response::new(body::full(bytes.clone())),
-        None => Response::new(body::empty()),
-    };
-    *resp.status_mut() = status;
+    let mut resp = super::object_response(state, status, path, &validators, representation);
     let h = resp.headers_mut();
     if let Some(u) = upload {
         if let Ok(v) = HeaderValue::from_str(u.id.as_str()) {
@@ -585,70 +581,18 @@ async fn respond(
             h.insert(header::LOCATION, v);
         }
     }
-    set_object_headers(state, h, path, &validators);
-    if representation.is_some() {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/calendar; charset=utf-8"),
-        );
-        h.insert(
-            "preference-applied",
-            HeaderValue::from_static("return=representation"),
-        );
-    } else {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    }
     Ok(resp)
-}
-
-fn set_object_headers(state: &State, h: &mut HeaderMap, path: &str, v: &Validators) {
-    let public = format!(
-        "{}{}",
-        state.upstream.public_url().as_str().trim_end_matches('/'),
-        path
-    );
-    if let Ok(v) = HeaderValue::from_str(&public) {
-        h.insert(header::CONTENT_LOCATION, v);
-    }
-    if let Some(etag) = v
-        .etag
-        .as_deref()
-        .and_then(|e| HeaderValue::from_str(e).ok())
-    {
-        h.insert(header::ETAG, etag);
-    }
-    if let Some(st) = v
-        .schedule_tag
-        .as_deref()
-        .and_then(|e| HeaderValue::from_str(e).ok())
-    {
-        h.insert("schedule-tag", st);
-    }
 }
 
 /// `412`; under `Prefer: return=representation` with the current object, its `ETag` and
 /// `Content-Location` (RFC 8144 §3.2, RFC 8607 Appendix A).
 fn precondition_failed(state: &State, path: &str, object: &Object, prefer: bool) -> Response<Body> {
-    let mut resp = if prefer {
-        Response::new(body::full(object.bytes.clone()))
-    } else {
-        Response::new(body::empty())
-    };
-    *resp.status_mut() = StatusCode::PRECONDITION_FAILED;
-    let h = resp.headers_mut();
-    set_object_headers(state, h, path, &object.validators);
-    if prefer {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/calendar; charset=utf-8"),
-        );
-        h.insert(
-            "preference-applied",
-            HeaderValue::from_static("return=representation"),
-        );
-    } else {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    }
     tracing::info!(%path, "client precondition failed (412)");
-    resp
+    super::object_response(
+        state,
+        StatusCode::PRECONDITION_FAILED,
+        path,
+        &object.validators,
+        prefer.then(|| object.bytes.clone()),
+    )
 }

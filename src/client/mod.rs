@@ -592,37 +592,9 @@ async fn drain(resp: Response<Incoming>) {
         .await;
 }
 
-/// `attachment; filename="<ascii fallback>"; filename*=UTF-8''<pct-encoded>` (RFC 6266
-/// §4.3: both, the extended one last so it wins where understood).
-pub fn content_disposition(name: &str) -> String {
-    const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'!')
-        .remove(b'#')
-        .remove(b'$')
-        .remove(b'&')
-        .remove(b'+')
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'^')
-        .remove(b'_')
-        .remove(b'`')
-        .remove(b'|')
-        .remove(b'~');
-    let fallback: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!(
-        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
-        percent_encoding::utf8_percent_encode(name, ATTR_CHAR)
-    )
-}
+/// The server's own header builder: an upload names its file the way downloads do
+/// (RFC 6266 §4.3: ASCII fallback, then the UTF-8 `filename*` that wins where understood).
+pub use crate::attach::get::content_disposition;
 
 /// A media type from the file name's extension; `application/octet-stream` otherwise.
 pub fn guess_media_type(name: &str) -> &'static str {
