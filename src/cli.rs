@@ -68,7 +68,7 @@ pub fn run(cli: Cli) -> ExitCode {
             let Some(cfg) = load(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            init_tracing(&cfg);
+            let _log = init_tracing(&cfg);
             match runtime().block_on(server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> ExitCode {
             let Some(cfg) = load(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            init_tracing(&cfg);
+            let _log = init_tracing(&cfg);
             let retention = match older_than.as_deref() {
                 None => cfg.gc.retention,
                 Some("0") => std::time::Duration::ZERO,
@@ -139,17 +139,25 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-fn init_tracing(cfg: &Config) {
+/// Logs go to stderr through a writer thread, so a request never waits on a write(2) of
+/// its access line. Lines are never dropped (the writer blocks when its queue is full);
+/// the returned guard flushes what is queued when it is dropped at exit.
+#[must_use = "dropping the guard stops logging"]
+fn init_tracing(cfg: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cfg.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitCode {

@@ -121,6 +121,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<SizeValue>,
     pub max_headers: Option<i64>,
     pub body_idle_timeout: Option<String>,
+    pub threads: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,6 +249,8 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// A request body that sends nothing for this long is abandoned.
     pub body_idle_timeout: Duration,
+    /// Worker threads serving the CalDAV listener.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +375,12 @@ impl Config {
                 s.body_idle_timeout,
                 DEFAULT_BODY_IDLE_TIMEOUT,
             )?,
+            threads: match s.threads {
+                None | Some(0) => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                Some(n) => usize_of("server.threads", count("server.threads", Some(n), 1)?, 1)?,
+            },
         };
 
         let u = raw.upstream;
@@ -825,6 +834,7 @@ mod tests {
             "max_header_bytes",
             "max_headers",
             "body_idle_timeout",
+            "threads",
             "max_concurrent_uploads",
             "url",
             "connect_timeout",

@@ -19,7 +19,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
@@ -38,7 +40,7 @@ pub struct State {
     pub config: Config,
     pub upstream: Upstream,
     pub store: Store,
-    pub identity: IdentityCache,
+    pub identity: Arc<IdentityCache>,
     /// One permit per attachment upload in progress (`attachments.max_concurrent_uploads`).
     pub uploads: Arc<tokio::sync::Semaphore>,
 }
@@ -52,7 +54,7 @@ impl State {
                 config.storage.url.as_str()
             ))
         })?;
-        let identity = IdentityCache::new(config.identity.clone());
+        let identity = Arc::new(IdentityCache::new(config.identity.clone()));
         let uploads = Arc::new(tokio::sync::Semaphore::new(
             config.attachments.max_concurrent_uploads,
         ));
@@ -64,15 +66,34 @@ impl State {
             uploads,
         })
     }
+
+    /// The state one worker thread uses: everything shared, but its own upstream client,
+    /// so the pooled upstream connections of a request live on the request's thread.
+    pub fn for_worker(&self) -> Result<State, Error> {
+        Ok(State {
+            config: self.config.clone(),
+            upstream: Upstream::new(&self.config.upstream, &self.config.server)?,
+            store: self.store.clone(),
+            identity: self.identity.clone(),
+            uploads: self.uploads.clone(),
+        })
+    }
 }
 
 /// Runs both listeners until SIGTERM/SIGINT, then drains in-flight requests for at most
 /// `server.shutdown_grace`.
+///
+/// The CalDAV listener is served by `server.threads` worker threads, each with its own
+/// single-threaded runtime and its own upstream connection pool, all accepting on the
+/// same socket. A request, its upstream connection and both bodies then stay on one
+/// thread: no cross-thread wake-up per hop, which is what a work-stealing runtime pays
+/// for a proxy's request/response relay (measured in docs/performance.md). This runtime
+/// keeps the signals, the admin listener and the periodic gc.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let listener = TcpListener::bind(config.server.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.server.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    listener.set_nonblocking(true)?;
     let admin = match config.server.admin_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -83,8 +104,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(State::new(config)?);
     startup_probe(&state).await?;
+    let threads = state.config.server.threads;
     tracing::info!(
         listen = %listener.local_addr()?,
+        threads,
         upstream = %state.config.upstream.url,
         public_url = %state.config.server.public_url,
         "calattach listening"
@@ -97,7 +120,42 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(?interval, "periodic gc enabled");
         tokio::spawn(crate::gc::periodic(state.clone(), interval));
     }
-    run_until_shutdown(listener, state, shutdown).await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(threads);
+    for n in 0..threads {
+        let listener = listener.try_clone()?;
+        let worker_state = Arc::new(state.for_worker()?);
+        let stop = stop_rx.clone();
+        let done = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("calattach-{n}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => run_until_shutdown(listener, worker_state, stop).await,
+                        Err(e) => tracing::error!(error = %e, "cannot register the listener"),
+                    }
+                });
+                drop(done);
+            })?;
+    }
+    drop(done_tx);
+    drop(listener);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // Every worker drops its sender when it has drained (or its grace ran out).
+    while done_rx.recv().await.is_some() {}
     Ok(())
 }
 
@@ -132,9 +190,12 @@ pub async fn probe_upstream(upstream: &Upstream) -> Result<http::HeaderMap, Erro
 async fn run_until_shutdown(
     listener: TcpListener,
     state: Arc<State>,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let shutdown = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -200,6 +261,25 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
+/// Request ids `<process prefix>-<counter>`: unique per process start (a random 64-bit
+/// prefix) and cheap — no random-number system call per request as with UUIDs.
+#[derive(Clone, Copy)]
+struct SequentialRequestId;
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let prefix = PREFIX.get_or_init(|| format!("{:016x}", rand::random::<u64>()));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{prefix}-{n}"))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// The per-connection service, outermost layer first.
 fn stack(
     state: Arc<State>,
@@ -220,7 +300,7 @@ fn stack(
             header::COOKIE,
         ]))
         // Keep a client-supplied id, else mint one; echo it on the response.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(SequentialRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
         // The span every log line of this request carries; the access line itself is
         // written by `AccessLog` when the response body ends (it knows the byte count).

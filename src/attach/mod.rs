@@ -242,7 +242,10 @@ pub fn object_response(
     }
     for (name, v) in [
         (header::ETAG, &validators.etag),
-        (HeaderName::from_static("schedule-tag"), &validators.schedule_tag),
+        (
+            HeaderName::from_static("schedule-tag"),
+            &validators.schedule_tag,
+        ),
     ] {
         if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
             h.insert(name, v);
