@@ -97,12 +97,17 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                 if age < opts.retention {
                     continue;
                 }
-                if !opts.dry_run {
-                    if let Err(e) = state.store.discard(&id).await {
-                        say(format!("error: {}: deleting tombstone: {e}", id.as_str()));
-                        report.errors += 1;
-                        continue;
-                    }
+                if !change(
+                    opts.dry_run,
+                    state.store.discard(&id),
+                    "deleting tombstone",
+                    &id,
+                    &mut say,
+                    &mut report.errors,
+                )
+                .await
+                {
+                    continue;
                 }
                 report.tombstones_deleted += 1;
                 say(format!(
@@ -127,12 +132,17 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                 };
                 match proof(state, caller, &href, &id, &base).await {
                     Proof::Referenced => {
-                        if !opts.dry_run {
-                            if let Err(e) = state.store.clear_releasing(&id).await {
-                                say(format!("error: {}: clearing marker: {e}", id.as_str()));
-                                report.errors += 1;
-                                continue;
-                            }
+                        if !change(
+                            opts.dry_run,
+                            state.store.clear_releasing(&id),
+                            "clearing marker",
+                            &id,
+                            &mut say,
+                            &mut report.errors,
+                        )
+                        .await
+                        {
+                            continue;
                         }
                         say(format!(
                             "{} releasing {}: still referenced by {href}",
@@ -141,16 +151,21 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                         ));
                     }
                     Proof::Unreferenced => {
-                        if !opts.dry_run {
-                            let done = match state.store.mark_removed(&id, "released").await {
-                                Ok(()) => state.store.clear_releasing(&id).await,
-                                Err(e) => Err(e),
-                            };
-                            if let Err(e) = done {
-                                say(format!("error: {}: tombstoning: {e}", id.as_str()));
-                                report.errors += 1;
-                                continue;
-                            }
+                        let tombstone = async {
+                            state.store.mark_removed(&id, "released").await?;
+                            state.store.clear_releasing(&id).await
+                        };
+                        if !change(
+                            opts.dry_run,
+                            tombstone,
+                            "tombstoning",
+                            &id,
+                            &mut say,
+                            &mut report.errors,
+                        )
+                        .await
+                        {
+                            continue;
                         }
                         report.released += 1;
                         say(format!(
@@ -160,12 +175,17 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                         ));
                         // A zero retention deletes the new tombstone in this same pass.
                         if opts.retention.is_zero() {
-                            if !opts.dry_run {
-                                if let Err(e) = state.store.discard(&id).await {
-                                    say(format!("error: {}: deleting tombstone: {e}", id.as_str()));
-                                    report.errors += 1;
-                                    continue;
-                                }
+                            if !change(
+                                opts.dry_run,
+                                state.store.discard(&id),
+                                "deleting tombstone",
+                                &id,
+                                &mut say,
+                                &mut report.errors,
+                            )
+                            .await
+                            {
+                                continue;
                             }
                             report.tombstones_deleted += 1;
                             say(format!(
@@ -223,12 +243,17 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                 };
                 match referenced {
                     true => {
-                        if !opts.dry_run {
-                            if let Err(e) = state.store.mark_live(&id).await {
-                                say(format!("error: {}: promoting: {e}", id.as_str()));
-                                report.errors += 1;
-                                continue;
-                            }
+                        if !change(
+                            opts.dry_run,
+                            state.store.mark_live(&id),
+                            "promoting",
+                            &id,
+                            &mut say,
+                            &mut report.errors,
+                        )
+                        .await
+                        {
+                            continue;
                         }
                         report.pending_promoted += 1;
                         say(format!(
@@ -239,12 +264,17 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                         ));
                     }
                     false => {
-                        if !opts.dry_run {
-                            if let Err(e) = state.store.discard(&id).await {
-                                say(format!("error: {}: deleting: {e}", id.as_str()));
-                                report.errors += 1;
-                                continue;
-                            }
+                        if !change(
+                            opts.dry_run,
+                            state.store.discard(&id),
+                            "deleting",
+                            &id,
+                            &mut say,
+                            &mut report.errors,
+                        )
+                        .await
+                        {
+                            continue;
                         }
                         report.pending_deleted += 1;
                         say(format!(
@@ -286,12 +316,17 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                 continue;
             }
         }
-        if !opts.dry_run {
-            if let Err(e) = state.store.discard(&id).await {
-                say(format!("error: {}: deleting orphan blob: {e}", id.as_str()));
-                report.errors += 1;
-                continue;
-            }
+        if !change(
+            opts.dry_run,
+            state.store.discard(&id),
+            "deleting orphan blob",
+            &id,
+            &mut say,
+            &mut report.errors,
+        )
+        .await
+        {
+            continue;
         }
         report.orphan_blobs_deleted += 1;
         say(format!(
@@ -302,6 +337,29 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
         ));
     }
     report
+}
+
+/// Runs one store change unless this is a dry run. A failure is said and counted, and
+/// the caller moves on to the next id (`false`).
+async fn change(
+    dry_run: bool,
+    op: impl std::future::Future<Output = Result<(), crate::store::StoreError>>,
+    what: &str,
+    id: &AttachmentId,
+    say: &mut impl FnMut(String),
+    errors: &mut u64,
+) -> bool {
+    if dry_run {
+        return true;
+    }
+    match op.await {
+        Ok(()) => true,
+        Err(e) => {
+            say(format!("error: {}: {what}: {e}", id.as_str()));
+            *errors += 1;
+            false
+        }
+    }
 }
 
 /// What reading the object upstream proved about one id.
