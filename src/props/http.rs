@@ -52,13 +52,17 @@
 //! A PROPPATCH that sets or removes any of our properties is answered by calattach with the
 //! `207` of [`request::proppatch_refusal`]: `403` with `DAV:cannot-modify-protected-property`
 //! for ours, `424 Failed Dependency` for every other property of the request (PROPPATCH is
-//! atomic, RFC 4918 §9.2); nothing is forwarded. Others are forwarded untouched.
+//! atomic, RFC 4918 §9.2); nothing is forwarded. Others are forwarded untouched. Before
+//! answering, calattach asks the upstream (`PROPFIND Depth: 0` with the caller's
+//! credentials) and relays its refusal (401 with its challenge, 403, 404) instead, so a
+//! caller the upstream would turn away learns nothing from calattach.
 //!
 //! # MKCALENDAR and extended MKCOL
 //!
 //! A body whose `DAV:set` names one of our properties gets `403` with
 //! `<D:error><D:cannot-modify-protected-property/></D:error>`; nothing is forwarded (creation
-//! is atomic). Others are forwarded untouched.
+//! is atomic). The same upstream check as for PROPPATCH runs first, on the parent
+//! collection. Others are forwarded untouched.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -114,6 +118,11 @@ pub async fn handle(
         },
         "PROPPATCH" => match request::parse_proppatch(&prefix.data, truncated) {
             Ok(patch) if !patch.our_props().is_empty() => {
+                // The upstream's own answer first: a caller it would refuse (401 with
+                // its challenge, 403, 404) hears that, not our per-property verdict.
+                if let Some(refusal) = upstream_refusal(state, &parts, parts.uri.path()).await? {
+                    return Ok(refusal);
+                }
                 tracing::info!(props = ?patch.our_props(), "PROPPATCH of protected properties refused");
                 let href = parts.uri.path();
                 let mut resp = Response::new(body::full(request::proppatch_refusal(href, &patch)));
@@ -127,13 +136,53 @@ pub async fn handle(
             _ => forward(parts, prefix, state, peer).await,
         },
         _ => match request::parse_mkcol_set(&prefix.data, truncated) {
-            Ok(set) if !set.our_props().is_empty() => Err(Error::Precondition(
-                Precondition::CannotModifyProtectedProperty,
-                format!("{} sets {:?}", parts.method, set.our_props()),
-            )),
+            Ok(set) if !set.our_props().is_empty() => {
+                // The collection does not exist yet: ask about its parent.
+                let parent = crate::attach::access::parent_collection(parts.uri.path());
+                if let Some(refusal) = upstream_refusal(state, &parts, parent).await? {
+                    return Ok(refusal);
+                }
+                Err(Error::Precondition(
+                    Precondition::CannotModifyProtectedProperty,
+                    format!("{} sets {:?}", parts.method, set.our_props()),
+                ))
+            }
             _ => forward(parts, prefix, state, peer).await,
         },
     }
+}
+
+/// `PROPFIND Depth: 0` of `path` with the caller's credentials: the upstream's answer
+/// when it refuses (anything but 207), to relay instead of answering ourselves.
+async fn upstream_refusal(
+    state: &State,
+    parts: &Parts,
+    path: &str,
+) -> Result<Option<Response<Body>>, Error> {
+    const BODY: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+        <D:propfind xmlns:D=\"DAV:\"><D:prop><D:resourcetype/></D:prop></D:propfind>";
+    let caller = crate::attach::Caller::from_headers(&parts.headers)?;
+    let method =
+        http::Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?;
+    let resp = state
+        .upstream
+        .send_retrying(|| {
+            let mut req =
+                caller.request(&state.upstream, method.clone(), path, body::full(BODY))?;
+            req.headers_mut()
+                .insert("depth", HeaderValue::from_static("0"));
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/xml; charset=utf-8"),
+            );
+            Ok(req)
+        })
+        .await?;
+    if resp.status() == StatusCode::MULTI_STATUS {
+        crate::attach::drain(resp).await;
+        return Ok(None);
+    }
+    Ok(Some(state.upstream.relay_response(resp)))
 }
 
 async fn forward(

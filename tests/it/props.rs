@@ -662,6 +662,38 @@ on_both!(proppatch:
     proppatch_of_max_attachment_size_is_refused_as_protected_and_value_unchanged_on_radicale,
     proppatch_of_max_attachment_size_is_refused_as_protected_and_value_unchanged_on_xandikos);
 
+/// The upstream decides about the caller before calattach decides about the property:
+/// an anonymous PROPPATCH naming a protected property hears the upstream's 401 with its
+/// challenge, exactly as it would for any other PROPPATCH, not our 207.
+async fn proppatch_anonymous(kind: Kind) {
+    let env = Env::new(kind);
+    let cal = env.calendar_with("props-anon", 0).await;
+    let direct = env
+        .http
+        .request("PROPPATCH", &env.up.url(&cal))
+        .header("Content-Type", "application/xml; charset=utf-8")
+        .body(PROPPATCH_SIZE.to_string())
+        .send()
+        .await;
+    let proxied = env
+        .http
+        .request("PROPPATCH", &env.proxy.url(&cal))
+        .header("Content-Type", "application/xml; charset=utf-8")
+        .body(PROPPATCH_SIZE.to_string())
+        .send()
+        .await;
+    assert_eq!(direct.status, 401, "{direct:?}");
+    assert_eq!(proxied.status, 401, "{proxied:?}");
+    assert_eq!(
+        proxied.header("www-authenticate"),
+        direct.header("www-authenticate"),
+        "{proxied:?}"
+    );
+}
+on_both!(proppatch_anonymous:
+    anonymous_proppatch_of_a_protected_property_gets_the_upstream_401_on_radicale,
+    anonymous_proppatch_of_a_protected_property_gets_the_upstream_401_on_xandikos);
+
 async fn proppatch_not_ours(kind: Kind) {
     let env = crate::transparency::Env::new(kind);
     let (a, b, subst) = env.calendar_pair("pp").await;
