@@ -143,15 +143,28 @@ fn runtime() -> tokio::runtime::Runtime {
 /// writer thread would cost a cross-thread wake-up per request instead, which measured
 /// slower on the pass-through benchmark.
 fn init_tracing(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        .with_ansi(ansi);
+    // A bare level ("info") filters with a plain level comparison; directives
+    // ("calattach=debug,info") need EnvFilter, which costs more per event and span.
+    match (cfg.log.level.parse::<tracing::Level>(), cfg.log.format) {
+        (Ok(level), LogFormat::Json) => builder
+            .with_max_level(level)
+            .json()
+            .flatten_event(true)
+            .init(),
+        (Ok(level), LogFormat::Text) => builder.with_max_level(level).init(),
+        (Err(_), format) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let builder = builder.with_env_filter(filter);
+            match format {
+                LogFormat::Json => builder.json().flatten_event(true).init(),
+                LogFormat::Text => builder.init(),
+            }
+        }
     }
 }
 

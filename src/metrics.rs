@@ -40,7 +40,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: &'static str,
     status: u16,
 }
 
@@ -209,7 +209,7 @@ impl Metrics {
     pub fn request_done(&self, route: Route, method: &Method, status: StatusCode, bytes: u64) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route_label(route),
+                route: route.as_str(),
                 status: status.as_u16(),
             })
             .inc();
@@ -343,23 +343,6 @@ impl Drop for UploadGuard<'_> {
     }
 }
 
-/// `Attach` → `attach`, `AttachmentOptions` → `attachment_options`.
-fn route_label(route: Route) -> String {
-    let name = format!("{route:?}");
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// RFC 8607 §3.11 refusals are 403/409 with a precondition body; everything else by
 /// class.
 fn outcome_label(status: StatusCode) -> &'static str {
@@ -383,8 +366,8 @@ mod tests {
 
     #[test]
     fn route_labels_are_snake_case() {
-        assert_eq!(route_label(Route::Attach), "attach");
-        assert_eq!(route_label(Route::AttachmentOptions), "attachment_options");
+        assert_eq!(Route::Attach.as_str(), "attach");
+        assert_eq!(Route::AttachmentOptions.as_str(), "attachment_options");
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub enum Route {
     Forward,
 }
 
+impl Route {
+    /// The snake_case name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Attach => "attach",
+            Route::Download => "download",
+            Route::AttachmentOptions => "attachment_options",
+            Route::AttachmentWrite => "attachment_write",
+            Route::Options => "options",
+            Route::Props => "props",
+            Route::Guard => "guard",
+            Route::Forward => "forward",
+        }
+    }
+}
+
 pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
     if under_prefix(uri.path(), prefix) {
         return match *method {

@@ -475,9 +475,8 @@ impl AccessLog {
         tracing::info!(
             status = self.status.as_u16(),
             bytes = self.bytes,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            route = ?self.route,
-            method = %self.method,
+            duration_us = self.started.elapsed().as_micros() as u64,
+            route = self.route.as_str(),
             complete,
             "access"
         );
