@@ -17,15 +17,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::header::HeaderValue;
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use sha2::{Digest, Sha256};
 
 use crate::attach::Caller;
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::error::Error;
 use crate::proxy::Upstream;
 
@@ -289,20 +289,13 @@ async fn propfind(
          <D:propfind xmlns:D=\"DAV:\" xmlns:C=\"urn:ietf:params:xml:ns:caldav\">\
          <D:prop>{props}</D:prop></D:propfind>"
     );
-    let method = Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?;
-    let xml = bytes::Bytes::from(xml);
-    let resp = upstream
-        .send_retrying(|| {
-            let mut req =
-                caller.request(upstream, method.clone(), path, body::full(xml.clone()))?;
-            req.headers_mut()
-                .insert("depth", HeaderValue::from_static("0"));
-            req.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/xml; charset=utf-8"),
-            );
-            Ok(req)
-        })
+    let resp = caller
+        .propfind(
+            upstream,
+            path,
+            Some(HeaderValue::from_static("0")),
+            xml.into(),
+        )
         .await?;
     let status = resp.status();
     if status != StatusCode::MULTI_STATUS {

@@ -132,19 +132,15 @@ async fn verify_credentials(
 ) -> Result<Option<Response<Body>>, Error> {
     const BODY: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
         <D:propfind xmlns:D=\"DAV:\"><D:prop><D:current-user-principal/></D:prop></D:propfind>";
-    let mut req = caller.request(
-        &state.upstream,
-        Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?,
-        "/",
-        body::full(BODY),
-    )?;
-    req.headers_mut()
-        .insert("depth", HeaderValue::from_static("0"));
-    req.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/xml; charset=utf-8"),
-    );
-    let resp = state.upstream.send(req).await?;
+    let depth = Some(HeaderValue::from_static("0"));
+    let resp = caller
+        .propfind(
+            &state.upstream,
+            "/",
+            depth,
+            bytes::Bytes::from_static(BODY.as_bytes()),
+        )
+        .await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Ok(Some(state.upstream.relay_response(resp)));
     }

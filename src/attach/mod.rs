@@ -81,6 +81,32 @@ impl Caller {
         self.authorization.as_ref()
     }
 
+    /// `PROPFIND` of `path` with the caller's credentials: the XML `body`, `Depth` as
+    /// given (`None` = none sent). Connect failures are retried (nothing was sent).
+    pub async fn propfind(
+        &self,
+        upstream: &Upstream,
+        path: &str,
+        depth: Option<HeaderValue>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, Error> {
+        let method = Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?;
+        upstream
+            .send_retrying(|| {
+                let mut req =
+                    self.request(upstream, method.clone(), path, body::full(body.clone()))?;
+                if let Some(d) = &depth {
+                    req.headers_mut().insert("depth", d.clone());
+                }
+                req.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/xml; charset=utf-8"),
+                );
+                Ok(req)
+            })
+            .await
+    }
+
     pub fn is_anonymous(&self) -> bool {
         self.authorization.is_none()
     }

@@ -75,7 +75,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
@@ -162,21 +162,14 @@ async fn upstream_refusal(
     const BODY: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
         <D:propfind xmlns:D=\"DAV:\"><D:prop><D:resourcetype/></D:prop></D:propfind>";
     let caller = crate::attach::Caller::from_headers(&parts.headers)?;
-    let method =
-        http::Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?;
-    let resp = state
-        .upstream
-        .send_retrying(|| {
-            let mut req =
-                caller.request(&state.upstream, method.clone(), path, body::full(BODY))?;
-            req.headers_mut()
-                .insert("depth", HeaderValue::from_static("0"));
-            req.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/xml; charset=utf-8"),
-            );
-            Ok(req)
-        })
+    let depth = Some(HeaderValue::from_static("0"));
+    let resp = caller
+        .propfind(
+            &state.upstream,
+            path,
+            depth,
+            bytes::Bytes::from_static(BODY.as_bytes()),
+        )
         .await?;
     if resp.status() == StatusCode::MULTI_STATUS {
         crate::attach::drain(resp).await;
@@ -463,23 +456,15 @@ async fn lookup_calendars(
     depth: Option<HeaderValue>,
 ) -> Result<HashSet<String>, Lookup> {
     let failed = |e: &dyn std::fmt::Display| Lookup::Failed(e.to_string());
-    let method = Method::from_bytes(b"PROPFIND").map_err(|e| failed(&e))?;
-    let mut req = caller
-        .request(
+    let resp = caller
+        .propfind(
             &state.upstream,
-            method,
             path,
-            body::full(RESOURCETYPE_PROPFIND),
+            depth,
+            bytes::Bytes::from_static(RESOURCETYPE_PROPFIND.as_bytes()),
         )
+        .await
         .map_err(|e| failed(&e))?;
-    if let Some(d) = depth {
-        req.headers_mut().insert("depth", d);
-    }
-    req.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/xml; charset=utf-8"),
-    );
-    let resp = state.upstream.send(req).await.map_err(|e| failed(&e))?;
     if resp.status() != StatusCode::MULTI_STATUS {
         let status = resp.status();
         attach::drain(resp).await;
