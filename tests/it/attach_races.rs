@@ -174,8 +174,9 @@ async fn twenty_concurrent_adds_all_land_without_orphaned_blobs_radicale_s3() {
 
 /// The same 20 writers on Xandikos 0.4.10, which cannot take concurrent writes to one
 /// collection: it answers some of calattach's commit PUTs with `423 Locked` (its git
-/// repository lock) or `500`. Those adds fail with the upstream's status (relayed, no
-/// retry: only 412 means "re-read and re-apply"); what must hold is the invariant —
+/// repository lock) or `500`. calattach re-reads and re-applies on 423 as on 412 (within
+/// `commit_retries`); a 500, or a 423 that outlasts the retries, fails the add with the
+/// upstream's status (relayed). What must hold is the invariant —
 /// every 201 is in the object, every refusal left nothing, no ATTACH points at a
 /// missing blob and no blob is orphaned.
 async fn concurrent_adds_on_xandikos_keep_object_and_store_consistent(backend: Backend) {
