@@ -148,12 +148,30 @@ impl Proc {
     /// Polls `ready` every 50 ms until it returns true or `timeout` passes;
     /// fails the test with the captured stderr when the process exits first
     /// or the deadline passes.
-    pub fn wait_ready(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    pub fn wait_ready(&mut self, timeout: Duration, ready: impl FnMut() -> bool) {
+        if let Err(exited) = self.wait_ready_or_exit(timeout, ready) {
+            panic!("{exited}");
+        }
+    }
+
+    /// Like [`Proc::wait_ready`], but a process that exits first is an `Err` with its
+    /// exit status and stderr, for a caller that can start it again.
+    pub fn wait_ready_or_exit(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            self.assert_running("before it became ready");
+            if let Some(status) = self.try_wait() {
+                return Err(format!(
+                    "{} exited ({status}) before it became ready; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                ));
+            }
             if ready() {
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 panic!(

@@ -65,44 +65,65 @@ impl SeaweedFs {
             weed.display()
         );
         let (config, access_key, secret_key) = compose_identity();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
-        let args = [
-            "server".to_string(),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
-            format!("-dir={}", data.display()),
-            format!("-master.port={}", p[0]),
-            format!("-master.port.grpc={}", p[1]),
-            // Small volumes: the default 30 GiB limit preallocates nothing but
-            // makes the master refuse to grow on a small disk.
-            "-master.volumeSizeLimitMB=64".into(),
-            "-volume.max=0".into(),
-            format!("-volume.port={}", p[2]),
-            format!("-volume.port.grpc={}", p[3]),
-            format!("-filer.port={}", p[4]),
-            format!("-filer.port.grpc={}", p[5]),
-            "-s3".into(),
-            format!("-s3.port={}", p[6]),
-            format!("-s3.port.grpc={}", p[7]),
-            "-s3.port.iceberg=0".into(),
-            "-s3.port.lance=0".into(),
-            format!("-s3.config={}", config.display()),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut proc = Proc::spawn("seaweedfs", dir.path(), &weed, &args, &[]);
+        // SeaweedFS listens on eight ports picked here; another process (an outgoing
+        // connection of a parallel test) can take one of them between the pick and
+        // SeaweedFS's bind. That shows as an exit with "address already in use": pick
+        // new ports and start again.
+        let mut attempt = 0;
+        let (proc, p) = loop {
+            attempt += 1;
+            // A fresh directory per attempt: a failed start leaves raft and filer state.
+            let data = dir.path().join(format!("data-{attempt}"));
+            std::fs::create_dir_all(&data).expect("data dir");
+            let mut p: Vec<u16> = Vec::with_capacity(8);
+            while p.len() < 8 {
+                let port = free_port();
+                if !p.contains(&port) {
+                    p.push(port);
+                }
+            }
+            let args = [
+                "server".to_string(),
+                "-ip=127.0.0.1".into(),
+                "-ip.bind=127.0.0.1".into(),
+                format!("-dir={}", data.display()),
+                format!("-master.port={}", p[0]),
+                format!("-master.port.grpc={}", p[1]),
+                // Small volumes: the default 30 GiB limit preallocates nothing but
+                // makes the master refuse to grow on a small disk.
+                "-master.volumeSizeLimitMB=64".into(),
+                "-volume.max=0".into(),
+                format!("-volume.port={}", p[2]),
+                format!("-volume.port.grpc={}", p[3]),
+                format!("-filer.port={}", p[4]),
+                format!("-filer.port.grpc={}", p[5]),
+                "-s3".into(),
+                format!("-s3.port={}", p[6]),
+                format!("-s3.port.grpc={}", p[7]),
+                "-s3.port.iceberg=0".into(),
+                "-s3.port.lance=0".into(),
+                format!("-s3.config={}", config.display()),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut proc = Proc::spawn("seaweedfs", dir.path(), &weed, &args, &[]);
+            let s3_port = p[6];
+            // Unauthenticated `GET /` (ListBuckets) is refused with 403 once S3 is up.
+            let ready = proc.wait_ready_or_exit(Duration::from_secs(90), || {
+                raw::blocking_request(
+                    loopback(s3_port),
+                    &format!(
+                        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{s3_port}\r\nConnection: close\r\n\r\n"
+                    ),
+                )
+                .is_some()
+            });
+            match ready {
+                Ok(()) => break (proc, p),
+                Err(exited) if attempt < 3 && exited.contains("address already in use") => continue,
+                Err(exited) => panic!("{exited}"),
+            }
+        };
         let s3_port = p[6];
-        // Unauthenticated `GET /` (ListBuckets) is refused with 403 once S3 is up.
-        proc.wait_ready(Duration::from_secs(90), || {
-            raw::blocking_request(
-                loopback(s3_port),
-                &format!(
-                    "GET / HTTP/1.1\r\nHost: 127.0.0.1:{s3_port}\r\nConnection: close\r\n\r\n"
-                ),
-            )
-            .is_some()
-        });
         SeaweedFs {
             s3_port,
             master: format!("127.0.0.1:{}.{}", p[0], p[1]),
