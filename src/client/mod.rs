@@ -93,7 +93,8 @@ pub enum AttachCommand {
     Update {
         /// URL of the event (the calendar object resource, `.../name.ics`).
         event_url: String,
-        /// MANAGED-ID of the attachment (as `list` shows it).
+        /// MANAGED-ID of the attachment (as `list` shows it). May start with `-`.
+        #[arg(allow_hyphen_values = true)]
         managed_id: String,
         /// The file to upload (streamed from disk).
         file: PathBuf,
@@ -106,7 +107,8 @@ pub enum AttachCommand {
     Remove {
         /// URL of the event (the calendar object resource, `.../name.ics`).
         event_url: String,
-        /// MANAGED-ID of the attachment (as `list` shows it).
+        /// MANAGED-ID of the attachment (as `list` shows it). May start with `-`.
+        #[arg(allow_hyphen_values = true)]
         managed_id: String,
         #[arg(long = "rid", value_name = "RID")]
         rids: Vec<String>,
@@ -640,6 +642,34 @@ pub fn guess_media_type(name: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Managed ids are URL-safe base64 and may start with `-` (RFC 8607 leaves their
+    /// form to the server): the command line must take them as values, not options.
+    #[test]
+    fn managed_id_starting_with_a_hyphen_is_a_value() {
+        use clap::Parser;
+        for args in [
+            &[
+                "calattach",
+                "attach",
+                "remove",
+                "http://h/c/e.ics",
+                "-IV86QE",
+            ][..],
+            &[
+                "calattach",
+                "attach",
+                "update",
+                "http://h/c/e.ics",
+                "-IV86QE",
+                "f.pdf",
+            ][..],
+        ] {
+            let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+            let rendered = format!("{cli:?}");
+            assert!(rendered.contains("managed_id: \"-IV86QE\""), "{rendered}");
+        }
+    }
 
     #[test]
     fn content_disposition_carries_an_ascii_fallback_and_the_utf8_name() {
