@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, ProcessEnv};
+use crate::config::{Config, ProcessEnv};
 use crate::{options, server};
 
 /// Exit status for a configuration error (sysexits `EX_USAGE`).
@@ -68,7 +68,7 @@ pub fn run(cli: Cli) -> ExitCode {
             let Some(cfg) = load(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            init_tracing(&cfg);
+            crate::logging::init(&cfg.log);
             match runtime().block_on(server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> ExitCode {
             let Some(cfg) = load(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            init_tracing(&cfg);
+            crate::logging::init(&cfg.log);
             let retention = match older_than.as_deref() {
                 None => cfg.gc.retention,
                 Some("0") => std::time::Duration::ZERO,
@@ -135,35 +135,6 @@ fn runtime() -> tokio::runtime::Runtime {
         Err(e) => {
             eprintln!("calattach: cannot start the runtime: {e}");
             std::process::exit(1)
-        }
-    }
-}
-
-/// Logs go to stderr, one write(2) per line (as nginx writes its access log): a
-/// writer thread would cost a cross-thread wake-up per request instead, which measured
-/// slower on the pass-through benchmark.
-fn init_tracing(cfg: &Config) {
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    // A bare level ("info") filters with a plain level comparison; directives
-    // ("calattach=debug,info") need EnvFilter, which costs more per event and span.
-    match (cfg.log.level.parse::<tracing::Level>(), cfg.log.format) {
-        (Ok(level), LogFormat::Json) => builder
-            .with_max_level(level)
-            .json()
-            .flatten_event(true)
-            .init(),
-        (Ok(level), LogFormat::Text) => builder.with_max_level(level).init(),
-        (Err(_), format) => {
-            let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let builder = builder.with_env_filter(filter);
-            match format {
-                LogFormat::Json => builder.json().flatten_event(true).init(),
-                LogFormat::Text => builder.init(),
-            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gc;
 pub mod ical;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod options;
 pub mod props;
