@@ -32,11 +32,12 @@ where
 /// A request body that fails when no frame arrives for `idle` — a client that stalls
 /// mid-upload must not hold an upload slot, a store multipart upload or an upstream
 /// connection forever. The deadline restarts with every frame, so slow but moving
-/// uploads of any size are fine.
+/// uploads of any size are fine. The timer is only armed the first time the body has to
+/// wait, so a request without a body (most of them) never sets one.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: std::time::Duration,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> IdleTimeout<B> {
@@ -44,7 +45,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
         }
     }
 }
@@ -70,14 +71,23 @@ where
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = this.idle;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

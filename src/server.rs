@@ -1,4 +1,5 @@
-//! Listeners, the tower stack, the admin endpoints and graceful shutdown (DESIGN §10).
+//! Listeners, the per-request wrapper, the admin endpoints and graceful shutdown
+//! (DESIGN §10).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,21 +10,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::attach;
 use crate::body::{self, Body, BoxError};
@@ -216,7 +209,11 @@ async fn run_until_shutdown(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(stack(state.clone(), peer));
+                let conn_state = state.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = conn_state.clone();
+                    async move { Ok::<_, Infallible>(serve_request(req, &state, peer).await) }
+                });
                 let conn = http.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -261,77 +258,110 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
-/// Request ids `<process prefix>-<counter>`: unique per process start (a random 64-bit
-/// prefix) and cheap — no random-number system call per request as with UUIDs.
-#[derive(Clone, Copy)]
-struct SequentialRequestId;
-
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        use std::sync::OnceLock;
-        static PREFIX: OnceLock<String> = OnceLock::new();
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let prefix = PREFIX.get_or_init(|| format!("{:016x}", rand::random::<u64>()));
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{prefix}-{n}"))
-            .ok()
-            .map(RequestId::new)
-    }
+/// A fresh request id, `<process prefix>-<counter>`: unique per process start (a random
+/// 64-bit prefix) and cheap — no random-number system call per request as with UUIDs.
+fn mint_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| format!("{:016x}", rand::random::<u64>()));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut id = String::with_capacity(prefix.len() + 21);
+    id.push_str(prefix);
+    id.push('-');
+    id.push_str(itoa::Buffer::new().format(n));
+    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// The per-connection service, outermost layer first.
-fn stack(
-    state: Arc<State>,
+/// Headers whose values are credentials: marked sensitive before anything could log
+/// them (`HeaderValue`'s `Debug` then prints `Sensitive`).
+const SENSITIVE: [header::HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// One request on a client connection, from the first byte of its head to the response
+/// head; the body is relayed afterwards, and the access line is written when it ends.
+///
+/// Panics become a 500, credentials are marked sensitive, the request id is set and
+/// echoed, and a span is opened — inline rather than as tower-http layers, which cost a
+/// response-body box and a span for every request, forwarded ones included; measured in
+/// docs/performance.md.
+pub async fn serve_request(
+    mut req: Request<Incoming>,
+    state: &State,
     peer: SocketAddr,
-) -> impl tower::Service<
-    Request<Incoming>,
-    Response = Response<impl http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
-    ServiceBuilder::new()
-        // A panic in a handler becomes a 500 for that request, not a dead connection task.
-        .layer(CatchPanicLayer::new())
-        // Before anything could log headers: Authorization is a credential.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::PROXY_AUTHORIZATION,
-            header::COOKIE,
-        ]))
-        // Keep a client-supplied id, else mint one; echo it on the response.
-        .layer(SetRequestIdLayer::x_request_id(SequentialRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        // The span every log line of this request carries; the access line itself is
-        // written by `AccessLog` when the response body ends (it knows the byte count).
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<Incoming>| {
-                    let id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
-                })
-                .on_request(())
-                .on_response(())
-                .on_body_chunk(())
-                .on_eos(())
-                .on_failure(()),
-        )
-        .service_fn(move |req: Request<Incoming>| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(req, &state, peer).await) }
-        })
+) -> Response<Body> {
+    use futures_util::FutureExt;
+    use tracing::Instrument;
+
+    let started = Instant::now();
+    for name in &SENSITIVE {
+        if let Some(v) = req.headers_mut().get_mut(name) {
+            v.set_sensitive(true);
+        }
+    }
+    // Keep a client-supplied id (it may come from a proxy in front), else mint one; it
+    // goes upstream with the request and back on the response.
+    let id = match req.headers().get(X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = mint_request_id();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let route = router::route(&method, &uri, &state.config.attachments.prefix);
+    let action = crate::metrics::Metrics::attach_action(route, &uri);
+    let handled = handle(req, state, peer, route);
+    // Forwarded requests log nothing of their own on success, so they skip the span:
+    // their few warnings name the path themselves, and the access line carries the id.
+    let outcome = if route == Route::Forward {
+        std::panic::AssertUnwindSafe(handled).catch_unwind().await
+    } else {
+        let span = tracing::info_span!(
+            "request",
+            id = id.to_str().unwrap_or(""),
+            method = %method,
+            path = uri.path(),
+        );
+        std::panic::AssertUnwindSafe(handled.instrument(span))
+            .catch_unwind()
+            .await
+    };
+    let mut resp = outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("");
+        tracing::error!(
+            id = id.to_str().unwrap_or(""),
+            panic = what,
+            "request handler panicked"
+        );
+        Error::Internal("request handler panicked".into()).into_response()
+    });
+    if !resp.headers().contains_key(X_REQUEST_ID) {
+        resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+    }
+    crate::metrics::get().attachment_done(action, resp.status());
+    AccessLog::wrap(resp, id, method, uri, route, started)
 }
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Routes one request (DESIGN §2) and turns errors into responses.
-pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = router::route(req.method(), req.uri(), &state.config.attachments.prefix);
-    let action = crate::metrics::Metrics::attach_action(route, req.uri());
+pub async fn handle(
+    req: Request<Incoming>,
+    state: &State,
+    peer: SocketAddr,
+    route: Route,
+) -> Response<Body> {
     let result = match route {
         Route::Forward => state.upstream.forward(req, peer).await,
         Route::Options => forward_options(req, state, peer).await,
@@ -344,9 +374,7 @@ pub async fn handle(req: Request<Incoming>, state: &State, peer: SocketAddr) -> 
         Route::Guard => attach::guard::handle(req, state, peer).await,
         Route::Props => crate::props::http::handle(req, state, peer).await,
     };
-    let resp = result.unwrap_or_else(Error::into_response);
-    crate::metrics::get().attachment_done(action, resp.status());
-    AccessLog::wrap(resp, method, route, started)
+    result.unwrap_or_else(Error::into_response)
 }
 
 const ATTACHMENT_ALLOW: &str = "GET, HEAD, OPTIONS";
@@ -430,11 +458,13 @@ fn metrics_response() -> Response<Body> {
 // === access log ===
 
 /// Counts response body bytes and writes one access log line when the body ends or is
-/// dropped (client gone), inside the request's span.
+/// dropped (client gone). The line names the request itself (`id`, `method`, `path`), so
+/// it needs no span.
 struct AccessLog {
     inner: Body,
-    span: tracing::Span,
+    id: HeaderValue,
     method: Method,
+    uri: Uri,
     route: Route,
     status: StatusCode,
     bytes: u64,
@@ -445,7 +475,9 @@ struct AccessLog {
 impl AccessLog {
     fn wrap(
         resp: Response<Body>,
+        id: HeaderValue,
         method: Method,
+        uri: Uri,
         route: Route,
         started: Instant,
     ) -> Response<Body> {
@@ -453,8 +485,9 @@ impl AccessLog {
         resp.map(|inner| {
             let log = AccessLog {
                 inner,
-                span: tracing::Span::current(),
+                id,
                 method,
+                uri,
                 route,
                 status,
                 bytes: 0,
@@ -471,8 +504,10 @@ impl AccessLog {
         }
         self.done = true;
         crate::metrics::get().request_done(self.route, &self.method, self.status, self.bytes);
-        let _enter = self.span.enter();
         tracing::info!(
+            id = self.id.to_str().unwrap_or(""),
+            method = self.method.as_str(),
+            path = self.uri.path(),
             status = self.status.as_u16(),
             bytes = self.bytes,
             duration_us = self.started.elapsed().as_micros() as u64,

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::error::{Error, Precondition};
@@ -89,7 +88,7 @@ impl Caller {
         path: &str,
         depth: Option<HeaderValue>,
         body: Bytes,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<crate::proxy::UpstreamResponse, Error> {
         let method = Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?;
         upstream
             .send_retrying(|| {
@@ -236,7 +235,7 @@ pub fn attachment_url(
 
 /// Reads the body of an upstream response we are about to drop, so the pooled connection
 /// can be reused (bounded; larger bodies just close the connection).
-pub async fn drain(resp: Response<Incoming>) {
+pub async fn drain(resp: crate::proxy::UpstreamResponse) {
     let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
 }
 

@@ -193,7 +193,7 @@ async fn send(
     prefix: Prefix,
     state: &State,
     peer: SocketAddr,
-) -> Result<Response<Incoming>, Error> {
+) -> Result<crate::proxy::UpstreamResponse, Error> {
     let mut req = Request::from_parts(parts, prefix.into_body());
     state.upstream.prepare_request(&mut req, peer)?;
     state.upstream.send(req).await

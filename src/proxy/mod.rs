@@ -3,26 +3,31 @@
 
 pub mod hop_by_hop;
 pub mod origin;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use url::Url;
+
+use self::pool::{Pool, PooledBody, SendError, Target};
 
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::error::Error;
 
-/// The upstream CalDAV server: one pooled HTTP/1.1 client, cloned cheaply.
+/// A response from the upstream; its body returns the connection to the pool when read
+/// to the end.
+pub type UpstreamResponse = Response<PooledBody>;
+
+/// The upstream CalDAV server: a pool of HTTP/1.1 connections, cloned cheaply (clones
+/// share the pool).
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    pool: Pool,
     /// `http://host:port`, no trailing slash.
     origin: String,
     authority: HeaderValue,
@@ -47,19 +52,29 @@ impl Upstream {
                 cfg.url.as_str()
             )));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+        let port = cfg.url.port_or_known_default().unwrap_or(80);
+        let target = match cfg.url.host() {
+            Some(url::Host::Ipv4(ip)) => Target::Addr(SocketAddr::from((ip, port))),
+            Some(url::Host::Ipv6(ip)) => Target::Addr(SocketAddr::from((ip, port))),
+            Some(url::Host::Domain(name)) => Target::Name(name.to_owned(), port),
+            None => {
+                return Err(Error::Config(format!(
+                    "upstream.url = {:?}: no host",
+                    cfg.url.as_str()
+                )))
+            }
+        };
+        let pool = Pool::new(
+            target,
+            cfg.connect_timeout,
+            POOL_IDLE_TIMEOUT,
+            POOL_MAX_IDLE,
+        );
         let origin = cfg.url.as_str().trim_end_matches('/').to_owned();
         let authority = authority_of(&cfg.url);
         let public_host = authority_of(&server.public_url);
         Ok(Upstream {
-            client,
+            pool,
             origin,
             authority,
             url: cfg.url.clone(),
@@ -97,20 +112,11 @@ impl Upstream {
     /// Sends one request upstream, waiting at most `response_timeout` for the response
     /// head. Unreachable → [`Error::UpstreamUnavailable`], no head in time →
     /// [`Error::UpstreamTimeout`]. The body streams afterwards without a deadline.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, Error> {
-        let _timer = crate::metrics::get().upstream_timer();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                tracing::warn!(%method, %path, error = %error_chain(&e), "upstream request failed");
-                Err(Error::UpstreamUnavailable)
-            }
-            Err(_) => {
-                tracing::warn!(%method, %path, timeout = ?self.response_timeout, "upstream response timed out");
-                Err(Error::UpstreamTimeout)
-            }
+    pub async fn send(&self, req: Request<Body>) -> Result<UpstreamResponse, Error> {
+        match self.try_send(req).await {
+            Ok(resp) => Ok(resp),
+            Err(Error::UpstreamUnreachable) => Err(Error::UpstreamUnavailable),
+            Err(e) => Err(e),
         }
     }
 
@@ -122,34 +128,47 @@ impl Upstream {
     pub async fn send_retrying(
         &self,
         make: impl Fn() -> Result<Request<Body>, Error>,
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<UpstreamResponse, Error> {
         const BACKOFF: [u64; 2] = [50, 250];
         let mut attempt = 0;
         loop {
-            let req = make()?;
-            let method = req.method().clone();
-            let path = req.uri().path().to_owned();
-            let _timer = crate::metrics::get().upstream_timer();
-            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) if e.is_connect() => {
-                    if let Some(ms) = BACKOFF.get(attempt) {
-                        tracing::info!(%method, %path, attempt, error = %error_chain(&e), "connecting upstream failed, retrying");
-                        tokio::time::sleep(Duration::from_millis(*ms)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    tracing::warn!(%method, %path, error = %error_chain(&e), "upstream unreachable");
-                    return Err(Error::UpstreamUnreachable);
+            match self.try_send(make()?).await {
+                Err(Error::UpstreamUnreachable) if attempt < BACKOFF.len() => {
+                    tokio::time::sleep(Duration::from_millis(BACKOFF[attempt])).await;
+                    attempt += 1;
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(%method, %path, error = %error_chain(&e), "upstream request failed");
-                    return Err(Error::UpstreamUnavailable);
-                }
-                Err(_) => {
-                    tracing::warn!(%method, %path, timeout = ?self.response_timeout, "upstream response timed out");
-                    return Err(Error::UpstreamTimeout);
-                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt: a connect failure is [`Error::UpstreamUnreachable`] (nothing sent).
+    async fn try_send(&self, mut req: Request<Body>) -> Result<UpstreamResponse, Error> {
+        let _timer = crate::metrics::get().upstream_timer();
+        // The pool speaks to one origin: the request line carries the path only.
+        if req.uri().scheme().is_some() {
+            let pq = req.uri().path_and_query().cloned();
+            *req.uri_mut() = origin_form(pq);
+        }
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut()
+                .insert(header::HOST, self.authority.clone());
+        }
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        match tokio::time::timeout(self.response_timeout, self.pool.send(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(SendError::Connect(e))) => {
+                tracing::warn!(%method, path = uri.path(), error = %error_chain(&e), "upstream unreachable");
+                Err(Error::UpstreamUnreachable)
+            }
+            Ok(Err(SendError::Request(e))) => {
+                tracing::warn!(%method, path = uri.path(), error = %error_chain(&e), "upstream request failed");
+                Err(Error::UpstreamUnavailable)
+            }
+            Err(_) => {
+                tracing::warn!(%method, path = uri.path(), timeout = ?self.response_timeout, "upstream response timed out");
+                Err(Error::UpstreamTimeout)
             }
         }
     }
@@ -176,13 +195,8 @@ impl Upstream {
         req: &mut Request<Body>,
         client: SocketAddr,
     ) -> Result<(), Error> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        *req.uri_mut() = self.uri_for(&pq)?;
+        let pq = req.uri().path_and_query().cloned();
+        *req.uri_mut() = origin_form(pq);
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         hop_by_hop::strip_request(headers);
@@ -192,37 +206,46 @@ impl Upstream {
         }
         let host = client_host.unwrap_or_else(|| self.public_host.clone());
         let proto = self.public.scheme();
+        let ip = ip_text(client.ip());
+        if self.forwarded {
+            // RFC 7239 §6: an IPv6 address is bracketed and the whole node quoted.
+            let mut value = String::with_capacity(64);
+            value.push_str("for=");
+            if client.is_ipv6() {
+                value.push_str("\"[");
+                value.push_str(&ip);
+                value.push_str("]\"");
+            } else {
+                value.push_str(&ip);
+            }
+            let host = host.to_str().unwrap_or("");
+            if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                value.push_str(";host=\"");
+                value.push_str(host);
+                value.push('"');
+            }
+            value.push_str(";proto=");
+            value.push_str(proto);
+            append(headers, FORWARDED, value);
+        }
         if self.x_forwarded {
-            append(headers, "x-forwarded-for", &client.ip().to_string());
-            if !headers.contains_key("x-forwarded-proto") {
+            append(headers, X_FORWARDED_FOR, ip);
+            if !headers.contains_key(X_FORWARDED_PROTO) {
                 headers.insert(
-                    "x-forwarded-proto",
+                    X_FORWARDED_PROTO,
                     HeaderValue::from_static(static_proto(proto)),
                 );
             }
-            if !headers.contains_key("x-forwarded-host") {
-                headers.insert("x-forwarded-host", host.clone());
+            if !headers.contains_key(X_FORWARDED_HOST) {
+                headers.insert(X_FORWARDED_HOST, host);
             }
-        }
-        if self.forwarded {
-            let for_ = match client.ip() {
-                std::net::IpAddr::V4(ip) => ip.to_string(),
-                std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-            };
-            let host = host.to_str().unwrap_or("");
-            let value = if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
-                format!("for={for_};proto={proto}")
-            } else {
-                format!("for={for_};host=\"{host}\";proto={proto}")
-            };
-            append(headers, "forwarded", &value);
         }
         Ok(())
     }
 
     /// Relays an upstream response: hop-by-hop fields removed, upstream-origin
     /// `Location`/`Content-Location` mapped to the public origin, body streamed.
-    pub fn relay_response(&self, resp: Response<Incoming>) -> Response<Body> {
+    pub fn relay_response(&self, resp: UpstreamResponse) -> Response<Body> {
         let (mut parts, incoming) = resp.into_parts();
         parts.version = Version::HTTP_11;
         hop_by_hop::strip_response(&mut parts.headers);
@@ -239,6 +262,19 @@ impl Upstream {
             }
         }
     }
+}
+
+/// How long an idle upstream connection is kept for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per worker thread.
+const POOL_MAX_IDLE: usize = 64;
+
+/// `/path?query` as a request target (`/` when the client sent none, e.g. `OPTIONS *`
+/// has no path and query).
+fn origin_form(pq: Option<http::uri::PathAndQuery>) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn static_proto(proto: &str) -> &'static str {
@@ -258,13 +294,36 @@ fn authority_of(url: &Url) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// An IP address as text; IPv4 without going through `core::fmt` (once per request).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(itoa::Buffer::new().format(octet));
+            }
+            text
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
 /// Appends `value` to a list-valued header, keeping what earlier proxies wrote.
-fn append(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
-    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+fn append(headers: &mut http::HeaderMap, name: HeaderName, value: String) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {value}"),
-        _ => value.to_owned(),
+        _ => value,
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    // `Bytes` from the `String` without a copy; the value is checked, not trusted.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         headers.insert(name, v);
     }
 }
@@ -279,4 +338,139 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn upstream(extra: &str) -> Upstream {
+        let text = format!(
+            "[server]\npublic_url = \"https://cal.example.org\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:5232\"\n{extra}"
+        );
+        let cfg = crate::config::Config::parse(&text, "test", &BTreeMap::new()).unwrap();
+        Upstream::new(&cfg.upstream, &cfg.server).unwrap()
+    }
+
+    fn prepared(up: &Upstream, client: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut req = Request::builder().uri("/user1/cal/a.ics?x=1");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(body::empty()).unwrap();
+        up.prepare_request(&mut req, client.parse().unwrap())
+            .unwrap();
+        req
+    }
+
+    fn header<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a str> {
+        req.headers().get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn forwarding_headers_name_client_host_and_public_scheme() {
+        let up = upstream("");
+        let req = prepared(&up, "192.0.2.7:50000", &[("host", "cal.example.org")]);
+        assert_eq!(req.uri(), "/user1/cal/a.ics?x=1");
+        assert_eq!(header(&req, "host"), Some("127.0.0.1:5232"));
+        assert_eq!(header(&req, "x-forwarded-for"), Some("192.0.2.7"));
+        assert_eq!(header(&req, "x-forwarded-proto"), Some("https"));
+        assert_eq!(header(&req, "x-forwarded-host"), Some("cal.example.org"));
+        assert_eq!(
+            header(&req, "forwarded"),
+            Some("for=192.0.2.7;host=\"cal.example.org\";proto=https")
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_what_earlier_proxies_wrote() {
+        let up = upstream("");
+        let req = prepared(
+            &up,
+            "[2001:db8::1]:443",
+            &[
+                ("host", "cal.example.org"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "http"),
+                ("forwarded", "for=203.0.113.9"),
+            ],
+        );
+        assert_eq!(
+            header(&req, "x-forwarded-for"),
+            Some("203.0.113.9, 2001:db8::1")
+        );
+        // An earlier proxy knows the original scheme better: kept.
+        assert_eq!(header(&req, "x-forwarded-proto"), Some("http"));
+        assert_eq!(
+            header(&req, "forwarded"),
+            Some("for=203.0.113.9, for=\"[2001:db8::1]\";host=\"cal.example.org\";proto=https")
+        );
+    }
+
+    #[test]
+    fn forwarded_host_is_left_out_when_it_cannot_be_quoted() {
+        let up = upstream("");
+        let req = prepared(&up, "192.0.2.7:1", &[("host", "a\"b")]);
+        assert_eq!(header(&req, "forwarded"), Some("for=192.0.2.7;proto=https"));
+    }
+
+    #[test]
+    fn forwarding_headers_follow_the_configuration() {
+        let none = prepared(
+            &upstream("forwarded_headers = \"none\"\n"),
+            "192.0.2.7:1",
+            &[],
+        );
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            assert_eq!(header(&none, name), None, "{name}");
+        }
+        let only_x = prepared(
+            &upstream("forwarded_headers = \"x-forwarded\"\n"),
+            "192.0.2.7:1",
+            &[],
+        );
+        assert_eq!(header(&only_x, "forwarded"), None);
+        assert_eq!(header(&only_x, "x-forwarded-for"), Some("192.0.2.7"));
+        // Without a client Host, the public URL's host is what the client addressed.
+        assert_eq!(header(&only_x, "x-forwarded-host"), Some("cal.example.org"));
+        let kept = prepared(
+            &upstream("preserve_host = true\n"),
+            "192.0.2.7:1",
+            &[("host", "cal.example.org")],
+        );
+        assert_eq!(header(&kept, "host"), Some("cal.example.org"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_expect_are_not_forwarded() {
+        let up = upstream("");
+        let req = prepared(
+            &up,
+            "192.0.2.7:1",
+            &[
+                ("connection", "keep-alive, x-private"),
+                ("x-private", "1"),
+                ("expect", "100-continue"),
+                ("te", "trailers"),
+            ],
+        );
+        for name in ["connection", "x-private", "expect", "te"] {
+            assert_eq!(header(&req, name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "10.20.3.40"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 }

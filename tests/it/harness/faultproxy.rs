@@ -124,6 +124,8 @@ struct Shared {
     seen: Mutex<Vec<String>>,
     /// Bumped by `close_all`; every connection task watches it.
     generation: watch::Sender<u64>,
+    /// Connections accepted so far.
+    accepted: std::sync::atomic::AtomicUsize,
 }
 
 /// A running proxy; dropped → its runtime stops and every connection closes.
@@ -147,6 +149,7 @@ impl FaultProxy {
             rules: Mutex::new(VecDeque::new()),
             seen: Mutex::new(Vec::new()),
             generation,
+            accepted: std::sync::atomic::AtomicUsize::new(0),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let s = shared.clone();
@@ -212,6 +215,13 @@ impl FaultProxy {
         }
     }
 
+    /// How many connections the proxy has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.shared
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Request lines seen so far, in order.
     pub fn seen(&self) -> Vec<String> {
         self.shared.seen.lock().unwrap().clone()
@@ -236,6 +246,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let _ = client.set_nodelay(true);
+        shared
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mode = *shared.mode.lock().unwrap();
         let closed = shared.generation.subscribe();
         let shared = shared.clone();

@@ -1,0 +1,260 @@
+//! calattach's HTTP/1.1 connections to the upstream: a small LIFO pool of idle
+//! keep-alive connections, one per worker thread.
+//!
+//! Each worker thread runs its own single-threaded runtime (src/server.rs), so a pool
+//! belongs to one thread: the connections it holds are driven by tasks on that thread,
+//! and the lock around the idle list is never contended. Compared with hyper-util's
+//! general-purpose pooled client, a request costs no pool-key hashing, no checkout
+//! future and no extra task to put the connection back (docs/performance.md): the
+//! response body hands its connection back itself when it ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Where the upstream listens.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An IP address: connected to directly.
+    Addr(SocketAddr),
+    /// A host name, resolved on every new connection (a container's address may change).
+    Name(String, u16),
+}
+
+/// Why a request did not get a response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made: nothing was sent, the request may be sent again.
+    #[error("connecting to the upstream failed: {0}")]
+    Connect(std::io::Error),
+    /// The request (or part of it) may have reached the upstream.
+    #[error(transparent)]
+    Request(#[from] hyper::Error),
+}
+
+/// The idle upstream connections of one worker thread. Cloning shares the pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(
+        target: Target,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                target,
+                connect_timeout,
+                idle_timeout,
+                max_idle,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or on a new one.
+    ///
+    /// A reused connection the upstream closed while it was idle fails before anything
+    /// is written; the request is then sent on the next connection, as many times as
+    /// there are idle ones, and finally on a fresh one.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+        loop {
+            let (mut sender, reused) = match self.checkout().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|inner| PooledBody {
+                        inner,
+                        sender: Some(sender),
+                        pool: self.inner.clone(),
+                    }))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        tracing::debug!(error = %e.error(), "idle upstream connection was closed; sending on another");
+                        req = unsent;
+                    }
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is ready for a request. Connections
+    /// closed or idle too long are dropped on the way; one that is not ready yet (its
+    /// previous exchange still finishing) is kept for later.
+    async fn checkout(&self) -> Option<SendRequest<Body>> {
+        let mut not_ready = Vec::new();
+        let found = loop {
+            let Some(mut idle) = self.lock().pop() else {
+                break None;
+            };
+            if idle.sender.is_closed() || idle.since.elapsed() > self.inner.idle_timeout {
+                continue;
+            }
+            match std::future::poll_fn(|cx| Poll::Ready(idle.sender.poll_ready(cx))).await {
+                Poll::Ready(Ok(())) => break Some(idle.sender),
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => not_ready.push(idle),
+            }
+        };
+        if !not_ready.is_empty() {
+            let mut idle = self.lock();
+            for conn in not_ready.into_iter().rev() {
+                idle.insert(0, conn);
+            }
+        }
+        found
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
+        let connect = async {
+            let stream = match &self.inner.target {
+                Target::Addr(addr) => TcpStream::connect(addr).await?,
+                Target::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
+            };
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Err(_) => {
+                return Err(SendError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", self.inner.connect_timeout),
+                )))
+            }
+        };
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.inner.lock()
+    }
+
+    /// How many idle connections the pool holds (tests).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The list stays valid whatever a panicking holder did: it only pushes and pops.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn put_back(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// A response body from the upstream. When it has been read to its end, its connection
+/// goes back to the pool; dropped before the end (a client that went away), the
+/// connection is closed with it, since the rest of the response is still on the wire.
+pub struct PooledBody {
+    inner: Incoming,
+    sender: Option<SendRequest<Body>>,
+    pool: Arc<Inner>,
+}
+
+impl PooledBody {
+    fn release_if_ended(&mut self) {
+        if http_body::Body::is_end_stream(&self.inner) {
+            if let Some(sender) = self.sender.take() {
+                self.pool.put_back(sender);
+            }
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(sender) = this.sender.take() {
+                    this.pool.put_back(sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => this.release_if_ended(),
+            Poll::Ready(Some(Err(_))) => this.sender = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        self.release_if_ended();
+    }
+}
