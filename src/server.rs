@@ -271,7 +271,8 @@ fn mint_request_id() -> HeaderValue {
     id.push_str(prefix);
     id.push('-');
     id.push_str(itoa::Buffer::new().format(n));
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::from_maybe_shared(Bytes::from(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Headers whose values are credentials: marked sensitive before anything could log
@@ -293,7 +294,7 @@ pub async fn serve_request(
     mut req: Request<Incoming>,
     state: &State,
     peer: SocketAddr,
-) -> Response<Body> {
+) -> Response<AccessLog> {
     use futures_util::FutureExt;
     use tracing::Instrument;
 
@@ -362,6 +363,9 @@ pub async fn handle(
     peer: SocketAddr,
     route: Route,
 ) -> Response<Body> {
+    // calattach's own routes are boxed: their futures are kilobytes large, and a plain
+    // `match` would make every request's future — forwarded ones included — as large
+    // as the largest of them, moved and touched on every request.
     let result = match route {
         Route::Forward => state.upstream.forward(req, peer).await,
         Route::Options => forward_options(req, state, peer).await,
@@ -369,10 +373,10 @@ pub async fn handle(
         Route::AttachmentWrite => Err(Error::MethodNotAllowed {
             allow: ATTACHMENT_ALLOW,
         }),
-        Route::Attach => attach::post::handle(req, state).await,
-        Route::Download => attach::get::handle(req, state).await,
-        Route::Guard => attach::guard::handle(req, state, peer).await,
-        Route::Props => crate::props::http::handle(req, state, peer).await,
+        Route::Attach => Box::pin(attach::post::handle(req, state)).await,
+        Route::Download => Box::pin(attach::get::handle(req, state)).await,
+        Route::Guard => Box::pin(attach::guard::handle(req, state, peer)).await,
+        Route::Props => Box::pin(crate::props::http::handle(req, state, peer)).await,
     };
     result.unwrap_or_else(Error::into_response)
 }
@@ -459,8 +463,9 @@ fn metrics_response() -> Response<Body> {
 
 /// Counts response body bytes and writes one access log line when the body ends or is
 /// dropped (client gone). The line names the request itself (`id`, `method`, `path`), so
-/// it needs no span.
-struct AccessLog {
+/// it needs no span. It is the body type of every response on the CalDAV listener (not
+/// boxed again).
+pub struct AccessLog {
     inner: Body,
     id: HeaderValue,
     method: Method,
@@ -480,21 +485,18 @@ impl AccessLog {
         uri: Uri,
         route: Route,
         started: Instant,
-    ) -> Response<Body> {
+    ) -> Response<AccessLog> {
         let status = resp.status();
-        resp.map(|inner| {
-            let log = AccessLog {
-                inner,
-                id,
-                method,
-                uri,
-                route,
-                status,
-                bytes: 0,
-                started,
-                done: false,
-            };
-            http_body_util::BodyExt::boxed_unsync(log)
+        resp.map(|inner| AccessLog {
+            inner,
+            id,
+            method,
+            uri,
+            route,
+            status,
+            bytes: 0,
+            started,
+            done: false,
         })
     }
 

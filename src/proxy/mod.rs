@@ -182,7 +182,7 @@ impl Upstream {
     ) -> Result<Response<Body>, Error> {
         let (parts, incoming) = req.into_parts();
         let incoming = body::IdleTimeout::new(incoming, self.body_idle_timeout);
-        let mut req = Request::from_parts(parts, body::boxed(incoming));
+        let mut req = Request::from_parts(parts, body::boxed_direct(incoming));
         self.prepare_request(&mut req, client)?;
         let resp = self.send(req).await?;
         Ok(self.relay_response(resp))
@@ -250,7 +250,7 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         hop_by_hop::strip_response(&mut parts.headers);
         self.map_locations(&mut parts.headers);
-        Response::from_parts(parts, body::boxed(incoming))
+        Response::from_parts(parts, body::boxed_direct(incoming))
     }
 
     pub fn map_locations(&self, headers: &mut http::HeaderMap) {
