@@ -83,9 +83,14 @@ impl Pool {
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, or on a new one.
     ///
-    /// A reused connection the upstream closed while it was idle fails before anything
-    /// is written; the request is then sent on the next connection, as many times as
-    /// there are idle ones, and finally on a fresh one.
+    /// An upstream may close an idle keep-alive connection at any moment (its keep-alive
+    /// timeout), and a request sent on it just then fails although the upstream never
+    /// saw it. On a reused connection such a request is sent again, on the next idle
+    /// connection and finally on a fresh one:
+    /// - always when it failed before being written (hyper hands it back);
+    /// - when it was written but the connection closed without an answer, if it can be
+    ///   sent twice safely: a safe method (`GET`, `HEAD`, `OPTIONS`, `PROPFIND`,
+    ///   `REPORT`) without a body.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (mut sender, reused) = match self.checkout().await {
@@ -94,6 +99,7 @@ impl Pool {
                 // would otherwise enlarge every request's, though most reuse a connection.
                 None => (Box::pin(self.connect()).await?, false),
             };
+            let again = if reused { replayable_copy(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     return Ok(resp.map(|inner| PooledBody {
@@ -102,10 +108,14 @@ impl Pool {
                         pool: self.inner.clone(),
                     }))
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
+                Err(mut e) => match (e.take_message(), again) {
+                    (Some(unsent), _) if reused => {
                         tracing::debug!(error = %e.error(), "idle upstream connection was closed; sending on another");
                         req = unsent;
+                    }
+                    (_, Some(copy)) if e.error().is_incomplete_message() => {
+                        tracing::debug!(error = %e.error(), "upstream closed a reused connection without answering; sending again");
+                        req = copy;
                     }
                     _ => return Err(SendError::Request(e.into_error())),
                 },
@@ -202,6 +212,24 @@ impl Inner {
             since: Instant::now(),
         });
     }
+}
+
+/// A copy of `req` to send again, for a safe method without a body (RFC 9110 §9.2.1;
+/// `PROPFIND` and `REPORT` are safe too, RFC 4918 §9.1, RFC 3253 §3.6); `None` otherwise.
+fn replayable_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(
+        req.method().as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "PROPFIND" | "REPORT"
+    );
+    if !safe || !http_body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// A response body from the upstream. When it has been read to its end, its connection

@@ -57,7 +57,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 async fn upstream_closing_idle_connections_costs_no_request() {
     let (fp, proxy, href) = lab().await;
     let client = Client::new();
-    for round in 0..10 {
+    for round in 0..30 {
         assert_eq!(get(&client, &proxy, &href).await, 200, "round {round}");
         // The upstream (here: the proxy in between) drops every kept-alive
         // connection, as servers do after their keep-alive timeout.
@@ -97,4 +97,20 @@ async fn parallel_requests_get_their_own_upstream_connections_and_all_succeed() 
         "{} upstream connections",
         fp.accepted()
     );
+}
+
+#[tokio::test]
+async fn upstream_given_by_host_name_is_resolved_and_reached() {
+    // `http://localhost:<port>` takes the name-resolution path (compose files name the
+    // upstream by service, e.g. `http://radicale:5232`), unlike the IP literals above.
+    let up = Upstream::get(Kind::Radicale);
+    let origin = format!("http://localhost:{}", up.port());
+    let proxy = Calattach::start(&origin, Storage::Local, "");
+    let reply = Client::new()
+        .request("PROPFIND", &proxy.url(&format!("/{USER}/")))
+        .basic(USER, up.password(USER))
+        .header("Depth", "0")
+        .send()
+        .await;
+    assert_eq!(reply.status, 207, "{reply:?}");
 }
