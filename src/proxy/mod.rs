@@ -28,8 +28,6 @@ pub type UpstreamResponse = Response<PooledBody>;
 #[derive(Clone)]
 pub struct Upstream {
     pool: Pool,
-    /// `http://host:port`, no trailing slash.
-    origin: String,
     authority: HeaderValue,
     url: Url,
     public: Url,
@@ -70,12 +68,10 @@ impl Upstream {
             POOL_IDLE_TIMEOUT,
             POOL_MAX_IDLE,
         );
-        let origin = cfg.url.as_str().trim_end_matches('/').to_owned();
         let authority = authority_of(&cfg.url);
         let public_host = authority_of(&server.public_url);
         Ok(Upstream {
             pool,
-            origin,
             authority,
             url: cfg.url.clone(),
             public: server.public_url.clone(),
@@ -88,10 +84,18 @@ impl Upstream {
         })
     }
 
-    /// The upstream URL for a request path (and query), e.g. `/user1/calendar/a.ics`.
+    /// The request target for an upstream path (and query), e.g.
+    /// `/user1/calendar/a.ics`: origin form, since every connection goes to the one
+    /// upstream (`Host` is added when the request is sent).
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, Error> {
-        format!("{}{}", self.origin, path_and_query)
-            .parse()
+        if !path_and_query.starts_with('/') {
+            return Err(Error::BadRequest(format!(
+                "invalid request target: {path_and_query:?} is not an absolute path"
+            )));
+        }
+        path_and_query
+            .parse::<http::uri::PathAndQuery>()
+            .map(|pq| origin_form(Some(pq)))
             .map_err(|e| Error::BadRequest(format!("invalid request target: {e}")))
     }
 
@@ -145,11 +149,6 @@ impl Upstream {
     /// One attempt: a connect failure is [`Error::UpstreamUnreachable`] (nothing sent).
     async fn try_send(&self, mut req: Request<Body>) -> Result<UpstreamResponse, Error> {
         let _timer = crate::metrics::get().upstream_timer();
-        // The pool speaks to one origin: the request line carries the path only.
-        if req.uri().scheme().is_some() {
-            let pq = req.uri().path_and_query().cloned();
-            *req.uri_mut() = origin_form(pq);
-        }
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut()
                 .insert(header::HOST, self.authority.clone());
@@ -464,6 +463,16 @@ mod tests {
         for name in ["connection", "x-private", "expect", "te"] {
             assert_eq!(header(&req, name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn upstream_targets_are_origin_form_absolute_paths() {
+        let up = upstream("");
+        let uri = up.uri_for("/user1/cal/a%20b.ics?x=1").unwrap();
+        assert_eq!(uri, "/user1/cal/a%20b.ics?x=1");
+        assert!(uri.scheme().is_none() && uri.authority().is_none());
+        assert!(up.uri_for("user1/cal/").is_err());
+        assert!(up.uri_for("/a b").is_err());
     }
 
     #[test]

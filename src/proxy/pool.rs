@@ -129,7 +129,7 @@ impl Pool {
     async fn checkout(&self) -> Option<SendRequest<Body>> {
         let mut not_ready = Vec::new();
         let found = loop {
-            let Some(mut idle) = self.lock().pop() else {
+            let Some(mut idle) = self.inner.lock().pop() else {
                 break None;
             };
             if idle.sender.is_closed() || idle.since.elapsed() > self.inner.idle_timeout {
@@ -142,10 +142,8 @@ impl Pool {
             }
         };
         if !not_ready.is_empty() {
-            let mut idle = self.lock();
-            for conn in not_ready.into_iter().rev() {
-                idle.insert(0, conn);
-            }
+            // Back at the cold end, in their order, behind the ones still to try.
+            self.inner.lock().splice(0..0, not_ready);
         }
         found
     }
@@ -179,15 +177,6 @@ impl Pool {
             }
         });
         Ok(sender)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.inner.lock()
-    }
-
-    /// How many idle connections the pool holds (tests).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
     }
 }
 
