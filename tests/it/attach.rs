@@ -98,13 +98,21 @@ impl Env {
 
     /// A new one-off event; returns its path.
     pub async fn new_event(&self) -> String {
+        self.new_titled_event("One-off meeting").await.0
+    }
+
+    /// A new one-off event with this `SUMMARY`, on 2025-07-14 at 17:00 UTC; returns its
+    /// path and its UID (to write another version of it).
+    pub async fn new_titled_event(&self, summary: &str) -> (String, String) {
         let uid = crate::harness::unique("uid");
-        self.new_object(&crate::transparency::event(
-            &uid,
-            "One-off meeting",
-            "20250714T170000Z",
-        ))
-        .await
+        let href = self
+            .new_object(&crate::transparency::event(
+                &uid,
+                summary,
+                "20250714T170000Z",
+            ))
+            .await;
+        (href, uid)
     }
 
     /// GET of the object through calattach: `(body, ETag)`.

@@ -292,14 +292,7 @@ pub fn to_header_map(headers: &[(String, String)]) -> http::HeaderMap {
 /// after calattach's checks, during the upload. The ETag each success returns is the
 /// precondition of the next POST, as Apple Calendar chains them.
 async fn conditional_posts_answer_412_and_upload_nothing(env: &Env) {
-    let uid = crate::harness::unique("uid");
-    let href = env
-        .new_object(&crate::transparency::event(
-            &uid,
-            "Planning",
-            "20250714T170000Z",
-        ))
-        .await;
+    let (href, uid) = env.new_titled_event("Planning").await;
     let (_, seen) = env.object(&href).await;
     // Another client changes the object after this client's GET.
     env.up

@@ -22,14 +22,7 @@ conformance! {
 /// after calattach's pre-body GET), the upstream answers 412, calattach re-reads,
 /// re-applies and commits — the client's SUMMARY change and the ATTACH both survive.
 async fn unconditional_post_reapplies_its_edit_over_a_concurrent_put(env: &Env) {
-    let uid = crate::harness::unique("uid");
-    let href = env
-        .new_object(&crate::transparency::event(
-            &uid,
-            "Before",
-            "20250714T170000Z",
-        ))
-        .await;
+    let (href, uid) = env.new_titled_event("Before").await;
     let mut raw = Raw::connect(env.proxy.port());
     raw.send(expect_continue_head(env, &href, "action=attachment-add", AGENDA_LEN, &[]).as_bytes());
     let (interim, mut raw) = tokio::task::spawn_blocking(move || (raw.read(), raw))
