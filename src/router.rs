@@ -18,8 +18,8 @@ pub enum Route {
     /// `PROPFIND`, `PROPPATCH`, `MKCALENDAR`, `MKCOL` elsewhere: the RFC 8607 §6 properties
     /// (`props::http` reads a bounded body prefix, then rewrites, refuses or forwards).
     Props,
-    /// `PUT`, `DELETE`, `MOVE` of a non-collection path: the guard (DESIGN §5) looks at
-    /// the store's index and, for `text/calendar` PUTs, a bounded body, then forwards.
+    /// Every `PUT`, and `DELETE`, `MOVE`, `COPY` of a non-collection path: the guard
+    /// (DESIGN §5) scans what would land upstream and checks the ids it introduces.
     Guard,
     /// Everything else: byte-transparent forwarding.
     Forward,
@@ -52,8 +52,13 @@ pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
     match *method {
         Method::POST if has_action(uri.query()) => Route::Attach,
         Method::OPTIONS => Route::Options,
-        Method::PUT | Method::DELETE if !uri.path().ends_with('/') => Route::Guard,
-        _ if method.as_str() == "MOVE" && !uri.path().ends_with('/') => Route::Guard,
+        // Every PUT, also to a collection path (Radicale imports the calendar it
+        // carries): the guard scans whatever can put iCalendar upstream (DESIGN §5).
+        Method::PUT => Route::Guard,
+        Method::DELETE if !uri.path().ends_with('/') => Route::Guard,
+        _ if matches!(method.as_str(), "MOVE" | "COPY") && !uri.path().ends_with('/') => {
+            Route::Guard
+        }
         _ if is_props_method(method) => Route::Props,
         _ => Route::Forward,
     }
@@ -118,11 +123,14 @@ mod tests {
     }
 
     #[test]
-    fn writes_of_objects_are_the_guard_route_and_of_collections_are_forwarded() {
+    fn every_put_and_object_writes_are_the_guard_route() {
         assert_eq!(r("PUT", "/user1/calendar/e.ics"), Route::Guard);
         assert_eq!(r("DELETE", "/user1/calendar/e.ics"), Route::Guard);
         assert_eq!(r("MOVE", "/user1/calendar/e.ics"), Route::Guard);
+        assert_eq!(r("COPY", "/user1/calendar/e.ics"), Route::Guard);
+        assert_eq!(r("PUT", "/user1/calendar/"), Route::Guard);
         assert_eq!(r("DELETE", "/user1/calendar/"), Route::Forward);
+        assert_eq!(r("MOVE", "/user1/calendar/"), Route::Forward);
         assert_eq!(r("PUT", "/.attachments/abc"), Route::AttachmentWrite);
     }
 

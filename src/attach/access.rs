@@ -168,17 +168,19 @@ pub fn audience_of(cal: &Calendar) -> Audience {
     }
 }
 
-/// After a committed POST on the organizer's object: every managed id of `cal` that
-/// calattach issued gets the event's organizer and attendees as its audience. Failures
-/// are logged: the commit happened, and the next PUT of the event refreshes it.
-pub async fn record_audience(state: &State, cal: &Calendar) {
+/// After a committed POST on `path`: every managed id of `cal` whose home object is
+/// `path` gets the event's organizer and attendees as its audience (authority over an id
+/// lives with its home object, DESIGN §5: a POST on another object that holds the id
+/// changes nothing about who may read it). Failures are logged: the commit happened,
+/// and the next PUT of the event refreshes it.
+pub async fn record_audience(state: &State, path: &str, cal: &Calendar) {
     let audience = audience_of(cal);
     for id in cal.distinct_managed_ids() {
         let Some(id) = AttachmentId::parse(&id) else {
             continue;
         };
         match state.store.state(&id).await {
-            Ok(Some((meta, _))) if meta.uid == audience.uid => {
+            Ok(Some((meta, _))) if meta.uid == audience.uid && meta.href == path => {
                 if let Err(e) = state.store.put_audience(&id, &audience).await {
                     tracing::warn!(id = %id.as_str(), error = %e, "recording the audience failed");
                 }

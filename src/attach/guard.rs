@@ -35,16 +35,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyDataStream, BodyExt, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use super::access;
+use super::scan::{Scan, Scanner};
 use super::{fetch_object, Caller, Fetched};
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, IdleTimeout};
 use crate::error::{Error, Precondition};
 use crate::ical::{edit, Calendar, NewAttach};
 use crate::identity::{normalize_address, Identity};
@@ -64,42 +64,515 @@ pub async fn handle(
     match req.method().as_str() {
         "PUT" => put(req, state, peer).await,
         "DELETE" => delete(req, state, peer).await,
-        "MOVE" => moved(req, state, peer).await,
+        "MOVE" | "COPY" => relocate(req, state, peer).await,
         _ => state.upstream.forward(req, peer).await,
     }
 }
 
-fn is_calendar(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .get(..13)
-                .is_some_and(|p| p.eq_ignore_ascii_case("text/calendar"))
-        })
-}
+type ClientBody = IdleTimeout<Incoming>;
 
 /// The body read so far, or everything.
 enum Read {
     Whole(Bytes),
-    /// Past the bound: the chunks read, and the rest still to stream.
-    Over(Vec<Bytes>, Incoming),
+    /// Past the bound: what was read, and the rest still to stream.
+    Over(Bytes, ClientBody),
 }
 
-async fn read_bounded(mut incoming: Incoming, max: usize) -> Result<Read, Error> {
+/// Reads up to `max` octets; the body idle timeout applies to every wait.
+async fn read_bounded(mut incoming: ClientBody, max: usize) -> Result<Read, Error> {
     let mut buf = BytesMut::new();
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| Error::BadRequest(format!("reading the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > max {
-                return Ok(Read::Over(vec![buf.freeze()], incoming));
+                return Ok(Read::Over(buf.freeze(), incoming));
             }
         }
     }
     Ok(Read::Whole(buf.freeze()))
+}
+
+fn full_body(parts: &mut Parts, bytes: Bytes) -> Body {
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if let Ok(v) = HeaderValue::from_str(&bytes.len().to_string()) {
+        parts.headers.insert(header::CONTENT_LENGTH, v);
+    }
+    body::full(bytes)
+}
+
+/// Every id `cal` references: `ATTACH` URIs under `base`, and `MANAGED-ID` values.
+fn ids_of(cal: &Calendar, base: &str) -> BTreeSet<String> {
+    let mut ids: BTreeSet<String> = cal.attach_refs(base).into_iter().map(|r| r.id).collect();
+    ids.extend(cal.distinct_managed_ids());
+    ids.retain(|s| !s.is_empty());
+    ids
+}
+
+/// What a body references: the scanner's view (after unfolding, any origin, also when
+/// the strict parser refuses the body), joined with the parser's.
+fn references(base: &str, bytes: &[u8], cal: Option<&Calendar>) -> Scan {
+    let mut scan = Scanner::scan_all(base, bytes);
+    if let Some(cal) = cal {
+        scan.ids.extend(ids_of(cal, base));
+        scan.uid = cal.uid().or(scan.uid);
+        scan.organizer = cal.organizer().or(scan.organizer);
+    }
+    scan
+}
+
+/// The ids the object at `path` references now, read with the caller's credentials
+/// (what they could have seen). Nothing readable there holds nothing.
+async fn current_ids(
+    state: &State,
+    caller: &Caller,
+    path: &str,
+    base: &str,
+) -> Result<BTreeSet<String>, Error> {
+    let max = state.config.attachments.max_object_size;
+    match fetch_object(&state.upstream, caller, path, max).await {
+        Ok(Fetched::Object(o)) => {
+            let cal = Calendar::parse(&o.bytes).ok();
+            Ok(references(base, &o.bytes, cal.as_ref()).ids)
+        }
+        Ok(Fetched::Relay(_)) | Err(Error::BadRequest(_)) | Err(Error::Precondition(..)) => {
+            Ok(BTreeSet::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A write about to land at `target`: the checks every guarded method shares.
+struct Landing<'a> {
+    state: &'a State,
+    caller: Caller,
+    identity: Option<std::sync::Arc<Identity>>,
+    target: String,
+    old_ids: BTreeSet<String>,
+    new_ids: BTreeSet<String>,
+    known: BTreeMap<String, (Meta, AttState)>,
+    /// Index entries this request created (and may roll back).
+    created_refs: Vec<AttachmentId>,
+    created_holders: Vec<AttachmentId>,
+}
+
+impl<'a> Landing<'a> {
+    /// Resolves the caller and reads what `target` holds now. `Err(Ok(resp))` is the
+    /// upstream's refusal of the credentials, to relay.
+    async fn prepare(
+        state: &'a State,
+        caller: Caller,
+        target: &str,
+        new_ids: BTreeSet<String>,
+    ) -> Result<Result<Landing<'a>, Response<Body>>, Error> {
+        let identity = match access::identify(state, &caller).await? {
+            Ok(id) => id,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let base = super::url_base(&state.upstream, &state.config.attachments.prefix);
+        let old_ids = current_ids(state, &caller, target, &base).await?;
+        let known = lookup(state, new_ids.union(&old_ids)).await?;
+        Ok(Ok(Landing {
+            state,
+            caller,
+            identity,
+            target: target.to_owned(),
+            old_ids,
+            new_ids,
+            known,
+            created_refs: Vec::new(),
+            created_holders: Vec::new(),
+        }))
+    }
+
+    /// Ids the write introduces: absent from the object at the target now.
+    fn introduced(&self) -> Vec<String> {
+        self.new_ids.difference(&self.old_ids).cloned().collect()
+    }
+
+    /// DESIGN §5: every introduced id must be one calattach issued, not removed, and
+    /// introduced by its creator or into an attendee's copy of its home object.
+    async fn check(&self, uid: Option<&str>, organizer: Option<&str>) -> Result<(), Error> {
+        for id in self.introduced() {
+            let reason = match self.known.get(&id) {
+                None => Some("unknown managed id"),
+                Some((_, AttState::Removed { .. })) => Some("removed attachment"),
+                Some((meta, _)) => {
+                    let ok = self.may_introduce(meta, uid, organizer).await?;
+                    (!ok).then_some("neither its creator nor an attendee's copy of its event")
+                }
+            };
+            if let Some(reason) = reason {
+                let path = &self.target;
+                tracing::warn!(
+                    %path,
+                    id = %id,
+                    reason,
+                    user = self.caller.user.as_deref().unwrap_or(""),
+                    "write refused: MANAGED-ID may not be used here (RFC 8607 §3.12.2)"
+                );
+                return Err(Error::Precondition(
+                    Precondition::ValidManagedIdParameter,
+                    format!("{path}: {id}: {reason}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// (a) the creator, anywhere; (b) an attendee's copy of the id's home object: same
+    /// UID, the recorded organizer as `ORGANIZER`, the target's owner among the recorded
+    /// attendees. What the body claims about its organizer proves nothing by itself.
+    async fn may_introduce(
+        &self,
+        meta: &Meta,
+        uid: Option<&str>,
+        organizer: Option<&str>,
+    ) -> Result<bool, Error> {
+        let Some(identity) = self.identity.as_deref() else {
+            return Ok(false);
+        };
+        if access::is_creator(identity, &self.caller, meta) {
+            return Ok(true);
+        }
+        if uid != Some(meta.uid.as_str()) {
+            return Ok(false);
+        }
+        let Ok(Some(audience)) = self.state.store.audience(&meta.id).await else {
+            return Ok(false);
+        };
+        let (Some(recorded), Some(organizer)) = (&audience.organizer, organizer) else {
+            return Ok(false);
+        };
+        if normalize_address(organizer) != *recorded {
+            return Ok(false);
+        }
+        let owner =
+            access::owner_addresses(self.state, &self.caller, Some(identity), &self.target).await?;
+        // The recorded organizer re-storing the event (another calendar of hers) is an
+        // owner of the event too.
+        Ok(owner.contains(recorded) || audience.attendees.iter().any(|a| owner.contains(a)))
+    }
+
+    /// Indexes the introduced ids at the target before the write (the index stays a
+    /// superset of what objects reference), remembering which entries are new.
+    async fn index(&mut self, organizer_side: bool) -> Result<(), Error> {
+        let store = &self.state.store;
+        let tracked = store.refs(&self.target).await.map_err(store_error)?;
+        for id in self.introduced() {
+            let Some((meta, _)) = self.known.get(&id) else {
+                continue;
+            };
+            let id = meta.id.clone();
+            if !tracked.contains(&id) {
+                store
+                    .add_ref(&self.target, &id)
+                    .await
+                    .map_err(store_error)?;
+                self.created_refs.push(id.clone());
+            }
+            let held = store.holders(&id).await.map_err(store_error)?;
+            if !held.iter().any(|h| h.href == self.target) {
+                let holder = Holder {
+                    href: self.target.clone(),
+                    organizer_side,
+                };
+                store.add_holder(&id, &holder).await.map_err(store_error)?;
+                self.created_holders.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The write failed: undo the index entries this request created, and only those
+    /// (another object's entries at the same href are not ours to remove).
+    async fn roll_back(&self) {
+        let store = &self.state.store;
+        for id in &self.created_refs {
+            let _ = store.remove_ref(&self.target, id).await;
+        }
+        for id in &self.created_holders {
+            let _ = store.remove_holder(id, &self.target).await;
+        }
+    }
+
+    /// The write succeeded: pending ids it references are live, the audience is
+    /// refreshed when the target is an id's home object, and ids the target no longer
+    /// references are released.
+    async fn settle(&self, cal: Option<&Calendar>) {
+        let audience = cal.map(access::audience_of);
+        for id in &self.new_ids {
+            let Some((meta, st)) = self.known.get(id) else {
+                continue;
+            };
+            if *st == AttState::Pending {
+                if let Err(e) = self.state.store.mark_live(&meta.id).await {
+                    tracing::warn!(id = %id, error = %e, "marking attachment live failed");
+                }
+            }
+            // Authority over an id lives with its home object (DESIGN §5).
+            if let Some(a) = &audience {
+                if meta.href == self.target && !a.uid.is_empty() && a.uid == meta.uid {
+                    if let Err(e) = self.state.store.put_audience(&meta.id, a).await {
+                        tracing::warn!(id = %id, error = %e, "refreshing the audience failed");
+                    }
+                }
+            }
+        }
+        for id in self.old_ids.difference(&self.new_ids) {
+            if let Some((meta, _)) = self.known.get(id) {
+                release(self.state, meta, &self.target, "dropped by PUT").await;
+            }
+        }
+    }
+
+    async fn organizer_side(
+        &self,
+        uid_organizer_attendees: Option<&Calendar>,
+    ) -> Result<bool, Error> {
+        let Some(cal) = uid_organizer_attendees else {
+            return Ok(true);
+        };
+        let owner = access::owner_addresses(
+            self.state,
+            &self.caller,
+            self.identity.as_deref(),
+            &self.target,
+        )
+        .await?;
+        Ok(!access::is_attendee_copy(cal, &owner))
+    }
+}
+
+async fn put(
+    req: Request<Incoming>,
+    state: &State,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let cfg = &state.config.attachments;
+    let (mut parts, incoming) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let incoming = IdleTimeout::new(incoming, state.upstream.body_idle_timeout());
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let max = usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX);
+    let read = if declared.is_some_and(|n| n > cfg.max_object_size) {
+        Read::Over(Bytes::new(), incoming)
+    } else {
+        read_bounded(incoming, max).await?
+    };
+    let base = super::url_base(&state.upstream, &cfg.prefix);
+    let tracked = state.store.refs(&path).await.map_err(store_error)?;
+    let bytes = match read {
+        Read::Whole(b) => b,
+        Read::Over(head, rest) => {
+            return put_streamed(state, parts, head, rest, tracked, peer).await
+        }
+    };
+    let cal = Calendar::parse(&bytes).ok();
+    let scan = references(&base, &bytes, cal.as_ref());
+    if scan.unreadable {
+        return Err(unreadable(&path));
+    }
+    if tracked.is_empty() && scan.ids.is_empty() {
+        // Nothing managed before or after: byte for byte.
+        let body = full_body(&mut parts, bytes);
+        return forward_with(state, parts, body, peer).await;
+    }
+    let caller = Caller::from_headers(&parts.headers)?;
+    let mut landing = match Landing::prepare(state, caller, &path, scan.ids.clone()).await? {
+        Ok(l) => l,
+        Err(refusal) => return Ok(refusal),
+    };
+    landing
+        .check(scan.uid.as_deref(), scan.organizer.as_deref())
+        .await?;
+
+    // Server-authoritative parameters and URIs (RFC 8607 §3.7), when the body can be
+    // edited; a body the strict parser refuses goes as sent (it was checked above).
+    let restored = match &cal {
+        Some(cal) => restore(state, cal, &base, &landing.known, &path),
+        None => None,
+    };
+    let changed = restored.is_some();
+    let final_bytes = restored.map(Bytes::from).unwrap_or(bytes);
+
+    let organizer_side = landing.organizer_side(cal.as_ref()).await?;
+    landing.index(organizer_side).await?;
+
+    let prefer = super::params::wants_representation(&parts.headers);
+    let body = full_body(&mut parts, final_bytes);
+    let mut req = Request::from_parts(parts, body);
+    state.upstream.prepare_request(&mut req, peer)?;
+    let resp = match state.upstream.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Unknown outcome: the superset index entries stay (gc settles them).
+            return Err(e);
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        landing.roll_back().await;
+        return Ok(state.upstream.relay_response(resp));
+    }
+    landing.settle(cal.as_ref()).await;
+
+    let mut out = state.upstream.relay_response(resp);
+    if changed {
+        out.headers_mut().remove(header::ETAG);
+    }
+    if prefer {
+        return representation(state, &landing.caller, &path, status, out).await;
+    }
+    Ok(out)
+}
+
+fn unreadable(path: &str) -> Error {
+    tracing::warn!(%path, "write refused: an ATTACH line's parameters are too long to read");
+    Error::Precondition(
+        Precondition::ValidManagedIdParameter,
+        format!(
+            "{path}: an ATTACH line's parameters exceed {} octets",
+            super::scan::MAX_LINE
+        ),
+    )
+}
+
+/// Restores server-owned values of every `ATTACH` naming an id calattach issued: by URI
+/// or by `MANAGED-ID`, the issued URI and the server's parameters come back.
+fn restore(
+    state: &State,
+    cal: &Calendar,
+    base: &str,
+    known: &BTreeMap<String, (Meta, AttState)>,
+    path: &str,
+) -> Option<Vec<u8>> {
+    let prefix = &state.config.attachments.prefix;
+    edit::restore_params(cal, base, |seg| {
+        known.get(seg).map(|(m, _)| NewAttach {
+            managed_id: m.id.as_str().to_owned(),
+            fmttype: m.media_type.clone(),
+            filename: m.filename.clone(),
+            size: m.size,
+            uri: super::attachment_url(&state.upstream, prefix, &m.id, &m.filename),
+        })
+    })
+    .unwrap_or_else(|e| {
+        tracing::warn!(%path, error = %e, "restoring attachment parameters failed");
+        None
+    })
+}
+
+/// A PUT too large to edit (`attachments.max_object_size`): scanned as it streams to
+/// the upstream. The last chunk is held back until the whole body was scanned and its
+/// introduced ids checked, so a refused body never reaches the upstream complete (the
+/// upstream request is aborted, which no server stores).
+async fn put_streamed(
+    state: &State,
+    parts: Parts,
+    head: Bytes,
+    rest: ClientBody,
+    tracked: Vec<AttachmentId>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let path = parts.uri.path().to_owned();
+    let base = super::url_base(&state.upstream, &state.config.attachments.prefix);
+    let caller = Caller::from_headers(&parts.headers)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    let mut rx = rx;
+    let upstream_body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let mut req = Request::from_parts(parts, body::boxed_direct(upstream_body));
+    state.upstream.prepare_request(&mut req, peer)?;
+
+    // The scanning pump: client → scanner → upstream, one chunk behind.
+    let pump = async {
+        let mut scanner = Scanner::new(&base);
+        let mut held: Option<Bytes> = None;
+        let mut rest = rest;
+        let mut next = Some(head).filter(|h| !h.is_empty());
+        loop {
+            let chunk = match next.take() {
+                Some(c) => c,
+                None => match rest.frame().await {
+                    None => break,
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) => d,
+                        Err(_) => continue,
+                    },
+                    Some(Err(e)) => {
+                        let msg = format!("reading the body: {e}");
+                        let _ = tx.send(Err(msg.clone().into())).await;
+                        return Err(Error::BadRequest(msg));
+                    }
+                },
+            };
+            scanner.feed(&chunk);
+            if let Some(prev) = held.replace(chunk) {
+                if tx.send(Ok(Frame::data(prev))).await.is_err() {
+                    return Ok(None); // the upstream answered early
+                }
+            }
+        }
+        let scan = scanner.finish();
+        let verdict = decide_streamed(state, &caller, &path, &scan, &tracked).await;
+        match verdict {
+            Ok(landing) => {
+                if let Some(last) = held {
+                    let _ = tx.send(Ok(Frame::data(last))).await;
+                }
+                Ok(landing)
+            }
+            Err(e) => {
+                let _ = tx.send(Err("write refused by the guard".into())).await;
+                Err(e)
+            }
+        }
+    };
+    let (verdict, resp) = tokio::join!(pump, state.upstream.send(req));
+    let landing = verdict?;
+    let resp = resp?;
+    if let Some(landing) = &landing {
+        if !resp.status().is_success() {
+            landing.roll_back().await;
+        } else {
+            landing.settle(None).await;
+        }
+    }
+    Ok(state.upstream.relay_response(resp))
+}
+
+/// The checks of a streamed PUT, once its whole body was scanned: `None` when it
+/// references nothing managed (before or after).
+async fn decide_streamed<'a>(
+    state: &'a State,
+    caller: &Caller,
+    path: &str,
+    scan: &Scan,
+    tracked: &[AttachmentId],
+) -> Result<Option<Landing<'a>>, Error> {
+    if scan.unreadable {
+        return Err(unreadable(path));
+    }
+    if scan.ids.is_empty() && tracked.is_empty() {
+        return Ok(None);
+    }
+    let mut landing = match Landing::prepare(state, caller.clone(), path, scan.ids.clone()).await? {
+        Ok(l) => l,
+        Err(_) => {
+            return Err(Error::Unauthorized(
+                "the calendar server refused the credentials".into(),
+            ))
+        }
+    };
+    landing
+        .check(scan.uid.as_deref(), scan.organizer.as_deref())
+        .await?;
+    landing.index(true).await?;
+    Ok(Some(landing))
 }
 
 /// Forwards the request with `body` (the client's other headers unchanged).
@@ -114,200 +587,6 @@ async fn forward_with(
     state.upstream.prepare_request(&mut req, peer)?;
     let resp = state.upstream.send(req).await?;
     Ok(state.upstream.relay_response(resp))
-}
-
-fn full_body(parts: &mut Parts, bytes: Bytes) -> Body {
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    if let Ok(v) = HeaderValue::from_str(&bytes.len().to_string()) {
-        parts.headers.insert(header::CONTENT_LENGTH, v);
-    }
-    body::full(bytes)
-}
-
-/// Case-insensitive ASCII search.
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty()
-        && hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
-/// Every id `cal` references: `ATTACH` URIs under `base`, and `MANAGED-ID` values.
-fn ids_of(cal: &Calendar, base: &str) -> BTreeSet<String> {
-    let mut ids: BTreeSet<String> = cal.attach_refs(base).into_iter().map(|r| r.id).collect();
-    ids.extend(cal.distinct_managed_ids());
-    ids.retain(|s| !s.is_empty());
-    ids
-}
-
-async fn put(
-    req: Request<Incoming>,
-    state: &State,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Error> {
-    let cfg = &state.config.attachments;
-    let (mut parts, incoming) = req.into_parts();
-    let path = parts.uri.path().to_owned();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if !is_calendar(&parts) || declared.is_some_and(|n| n > cfg.max_object_size) {
-        return forward_with(state, parts, body::boxed(incoming), peer).await;
-    }
-    let max = usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX);
-    let bytes = match read_bounded(incoming, max).await? {
-        Read::Whole(b) => b,
-        Read::Over(head, rest) => {
-            let head = futures_util::stream::iter(head.into_iter().map(|b| Ok(Frame::data(b))));
-            let rest =
-                BodyDataStream::new(rest).map(|r| r.map(Frame::data).map_err(BoxError::from));
-            let body = StreamBody::new(head.chain(rest)).boxed_unsync();
-            return forward_with(state, parts, body, peer).await;
-        }
-    };
-    let base = super::url_base(&state.upstream, &cfg.prefix);
-    let tracked = state.store.refs(&path).await.map_err(store_error)?;
-    let mentions = contains_ci(&bytes, b"managed-id") || contains_ci(&bytes, base.as_bytes());
-    if tracked.is_empty() && !mentions {
-        let body = full_body(&mut parts, bytes);
-        return forward_with(state, parts, body, peer).await;
-    }
-    let Ok(cal) = Calendar::parse(&bytes) else {
-        // Not iCalendar calattach can read: the upstream judges it. It cannot grant
-        // anything: downloads are decided from the store, not from arbitrary objects.
-        tracing::info!(%path, "guarded PUT body does not parse; forwarded as is");
-        let body = full_body(&mut parts, bytes);
-        return forward_with(state, parts, body, peer).await;
-    };
-    let caller = Caller::from_headers(&parts.headers)?;
-    let identity = match access::identify(state, &caller).await? {
-        Ok(id) => id,
-        Err(refusal) => return Ok(refusal),
-    };
-
-    // What the object holds now (read as the caller: what they could have seen).
-    let old_ids = match fetch_object(&state.upstream, &caller, &path, cfg.max_object_size).await {
-        Ok(Fetched::Object(o)) => Calendar::parse(&o.bytes)
-            .map(|c| ids_of(&c, &base))
-            .unwrap_or_default(),
-        Ok(Fetched::Relay(_)) | Err(Error::BadRequest(_)) | Err(Error::Precondition(..)) => {
-            BTreeSet::new()
-        }
-        Err(e) => return Err(e),
-    };
-    let new_ids = ids_of(&cal, &base);
-    let known = lookup(state, new_ids.union(&old_ids)).await?;
-
-    // Introduced ids: each must be one calattach issued, live, and the caller's to use.
-    let introduced: Vec<&String> = new_ids.difference(&old_ids).collect();
-    for id in &introduced {
-        let reason = match known.get(id.as_str()) {
-            None => Some("unknown managed id"),
-            Some((_, AttState::Removed { .. })) => Some("removed attachment"),
-            Some((meta, _)) => {
-                let ok = may_introduce(state, &caller, identity.as_deref(), meta, &cal).await;
-                (!ok).then_some("neither the creator nor the event's organizer side")
-            }
-        };
-        if let Some(reason) = reason {
-            tracing::warn!(
-                %path,
-                id = %id,
-                reason,
-                user = caller.user.as_deref().unwrap_or(""),
-                "PUT refused: MANAGED-ID may not be used here (RFC 8607 §3.12.2)"
-            );
-            return Err(Error::Precondition(
-                Precondition::ValidManagedIdParameter,
-                format!("{path}: {id}: {reason}"),
-            ));
-        }
-    }
-
-    // Server-authoritative parameters (RFC 8607 §3.7).
-    let restored = edit::restore_params(&cal, &base, |seg| {
-        known.get(seg).map(|(m, _)| NewAttach {
-            managed_id: m.id.as_str().to_owned(),
-            fmttype: m.media_type.clone(),
-            filename: m.filename.clone(),
-            size: m.size,
-            uri: String::new(),
-        })
-    })
-    .unwrap_or_else(|e| {
-        tracing::warn!(%path, error = %e, "restoring attachment parameters failed");
-        None
-    });
-    let changed = restored.is_some();
-    let final_bytes = restored.map(Bytes::from).unwrap_or(bytes);
-
-    let owner = access::owner_addresses(state, &caller, identity.as_deref(), &path).await?;
-    let organizer_side = !access::is_attendee_copy(&cal, &owner);
-    // Index introduced ids before the write: the index stays a superset.
-    let mut indexed = Vec::new();
-    for id in &introduced {
-        if let Some((meta, _)) = known.get(id.as_str()) {
-            let holder = Holder {
-                href: path.clone(),
-                organizer_side,
-            };
-            let r = state.store.add_ref(&path, &meta.id).await;
-            let r = match r {
-                Ok(()) => state.store.add_holder(&meta.id, &holder).await,
-                Err(e) => Err(e),
-            };
-            r.map_err(store_error)?;
-            indexed.push(meta.id.clone());
-        }
-    }
-
-    let prefer = super::params::wants_representation(&parts.headers);
-    let body = full_body(&mut parts, final_bytes);
-    let mut req = Request::from_parts(parts, body);
-    state.upstream.prepare_request(&mut req, peer)?;
-    let resp = state.upstream.send(req).await?;
-    let status = resp.status();
-    if !status.is_success() {
-        for id in &indexed {
-            let _ = state.store.remove_ref(&path, id).await;
-            let _ = state.store.remove_holder(id, &path).await;
-        }
-        return Ok(state.upstream.relay_response(resp));
-    }
-
-    // Committed: promote, drop what the object no longer references, refresh audience.
-    let audience = access::audience_of(&cal);
-    for id in &new_ids {
-        let Some((meta, st)) = known.get(id.as_str()) else {
-            continue;
-        };
-        if *st == AttState::Pending {
-            if let Err(e) = state.store.mark_live(&meta.id).await {
-                tracing::warn!(id = %id, error = %e, "marking attachment live failed");
-            }
-        }
-        if organizer_side && !audience.uid.is_empty() && audience.uid == meta.uid {
-            if let Err(e) = state.store.put_audience(&meta.id, &audience).await {
-                tracing::warn!(id = %id, error = %e, "refreshing the audience failed");
-            }
-        }
-    }
-    for id in old_ids.difference(&new_ids) {
-        if let Some((meta, _)) = known.get(id.as_str()) {
-            release(state, meta, &path, "dropped by PUT").await;
-        }
-    }
-
-    let mut out = state.upstream.relay_response(resp);
-    if changed {
-        out.headers_mut().remove(header::ETAG);
-    }
-    if prefer {
-        return representation(state, &caller, &path, status, out).await;
-    }
-    Ok(out)
 }
 
 /// Metadata and state of every id in `ids` calattach issued (bounded).
@@ -327,40 +606,13 @@ async fn lookup<'a>(
     Ok(out)
 }
 
-/// RFC 8607 §3.12.2: only the creator may reuse an id; a scheduling copy of the same
-/// event (same UID, same ORGANIZER as recorded) may carry it when written by the
-/// organizer or a recorded attendee.
-async fn may_introduce(
-    state: &State,
-    caller: &Caller,
-    identity: Option<&Identity>,
-    meta: &Meta,
-    cal: &Calendar,
-) -> bool {
-    let Some(identity) = identity else {
-        return false;
-    };
-    if access::is_creator(identity, caller, meta) {
-        return true;
-    }
-    if cal.uid().as_deref() != Some(meta.uid.as_str()) {
-        return false;
-    }
-    let Ok(Some(audience)) = state.store.audience(&meta.id).await else {
-        return false;
-    };
-    let Some(organizer) = &audience.organizer else {
-        return false;
-    };
-    if cal.organizer().map(|o| normalize_address(&o)).as_ref() != Some(organizer) {
-        return false;
-    }
-    identity.has_address(organizer) || audience.attendees.iter().any(|a| identity.has_address(a))
-}
-
-/// `href` no longer holds the id of `meta`: un-index it, and tombstone the id when no
-/// other object holds it (RFC 8607 §3.9, §3.12.5).
-async fn release(state: &State, meta: &Meta, href: &str, reason: &str) {
+/// `href` no longer holds the id of `meta`: un-index it there, and tombstone the id
+/// (RFC 8607 §3.9, §3.12.5) when nothing that keeps it alive still holds it (DESIGN §5):
+/// its home object (`meta.href`), or another organizer-side object (the creator's reuse,
+/// RFC 8607 §3.7). Attendee copies do not keep it alive once the home object dropped it:
+/// the organizer's removal must revoke access. Whatever the caller's object, only its
+/// own reference goes; the id of someone else's event survives a release elsewhere.
+pub(crate) async fn release(state: &State, meta: &Meta, href: &str, reason: &str) {
     let id = &meta.id;
     if let Err(e) = state.store.remove_ref(href, id).await {
         tracing::warn!(id = %id.as_str(), error = %e, "removing reference failed");
@@ -386,19 +638,15 @@ async fn held_elsewhere(
     meta: &Meta,
     href: &str,
 ) -> Result<bool, crate::store::StoreError> {
-    if state
+    if meta.href != href && state.store.refs(&meta.href).await?.contains(&meta.id) {
+        return Ok(true);
+    }
+    Ok(state
         .store
         .holders(&meta.id)
         .await?
         .iter()
-        .any(|h| h.href != href)
-    {
-        return Ok(true);
-    }
-    if meta.href != href && state.store.refs(&meta.href).await?.contains(&meta.id) {
-        return Ok(true);
-    }
-    Ok(false)
+        .any(|h| h.href != href && h.href != meta.href && h.organizer_side))
 }
 
 /// `Prefer: return=representation` (RFC 7240, RFC 8144): the stored object, read back.
@@ -443,55 +691,68 @@ async fn delete(
     Ok(resp)
 }
 
-/// `MOVE`: the destination now holds the ids (RFC 4918 §9.9). A `Destination` on the
-/// public origin becomes a bare path (RFC 4918 §10.3 allows one): the upstream's own
-/// origin check then passes whether it compares with `Host` (Xandikos) or with
-/// `X-Forwarded-Host` (Radicale).
-async fn moved(
+/// `MOVE` and `COPY` of a calendar object (RFC 4918 §9.8, §9.9): the destination
+/// receives the source's content, so the ids it references land there as if PUT by the
+/// caller — the same introduction rules apply, checked against what the destination
+/// holds now. A `Destination` on the public origin becomes a bare path (RFC 4918 §10.3
+/// allows one): the upstream's own origin check then passes whether it compares with
+/// `Host` (Xandikos) or with `X-Forwarded-Host` (Radicale). After the upstream's 2xx a
+/// MOVE un-indexes the source; a failure removes only the entries this request made.
+async fn relocate(
     mut req: Request<Incoming>,
     state: &State,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     rewrite_destination(state, &mut req);
     let path = req.uri().path().to_owned();
-    let tracked = state.store.refs(&path).await.map_err(store_error)?;
+    let is_move = req.method().as_str() == "MOVE";
     let dest = req
         .headers()
         .get("destination")
         .and_then(|v| v.to_str().ok())
         .map(destination_path);
-    let (Some(dest), false) = (dest, tracked.is_empty()) else {
+    let Some(dest) = dest.filter(|d| !d.ends_with('/')) else {
         return state.upstream.forward(req, peer).await;
     };
-    let organizer_side = match state.store.holders(&tracked[0]).await {
-        Ok(hs) => hs
-            .iter()
-            .find(|h| h.href == path)
-            .is_none_or(|h| h.organizer_side),
-        Err(_) => true,
+    let base = super::url_base(&state.upstream, &state.config.attachments.prefix);
+    let caller = Caller::from_headers(req.headers())?;
+    let tracked = state.store.refs(&path).await.map_err(store_error)?;
+    let max = state.config.attachments.max_object_size;
+    // What lands at the destination: the source as the caller reads it.
+    let (scan, cal) = match fetch_object(&state.upstream, &caller, &path, max).await {
+        Ok(Fetched::Object(o)) => {
+            let cal = Calendar::parse(&o.bytes).ok();
+            (references(&base, &o.bytes, cal.as_ref()), cal)
+        }
+        Ok(Fetched::Relay(_)) | Err(Error::BadRequest(_)) => (Scan::default(), None),
+        Err(e) => return Err(e),
     };
-    for id in &tracked {
-        let holder = Holder {
-            href: dest.clone(),
-            organizer_side,
-        };
-        state.store.add_ref(&dest, id).await.map_err(store_error)?;
-        state
-            .store
-            .add_holder(id, &holder)
-            .await
-            .map_err(store_error)?;
+    if scan.unreadable {
+        return Err(unreadable(&path));
     }
+    let mut ids = scan.ids.clone();
+    ids.extend(tracked.iter().map(|id| id.as_str().to_owned()));
+    if ids.is_empty() {
+        return state.upstream.forward(req, peer).await;
+    }
+    let mut landing = match Landing::prepare(state, caller, &dest, ids).await? {
+        Ok(l) => l,
+        Err(refusal) => return Ok(refusal),
+    };
+    landing
+        .check(scan.uid.as_deref(), scan.organizer.as_deref())
+        .await?;
+    let organizer_side = landing.organizer_side(cal.as_ref()).await?;
+    landing.index(organizer_side).await?;
     let resp = state.upstream.forward(req, peer).await?;
-    if resp.status().is_success() {
+    if !resp.status().is_success() {
+        landing.roll_back().await;
+        return Ok(resp);
+    }
+    if is_move {
         for id in &tracked {
             let _ = state.store.remove_ref(&path, id).await;
             let _ = state.store.remove_holder(id, &path).await;
-        }
-    } else {
-        for id in &tracked {
-            let _ = state.store.remove_ref(&dest, id).await;
-            let _ = state.store.remove_holder(id, &dest).await;
         }
     }
     Ok(resp)
@@ -546,12 +807,6 @@ mod tests {
             ids.into_iter().collect::<Vec<_>>(),
             ["AAAAAAAAAAAAAAAAAAAAAA", "made-up"]
         );
-    }
-
-    #[test]
-    fn marker_search_is_case_insensitive() {
-        assert!(contains_ci(b"ATTACH;Managed-Id=x:y", b"managed-id"));
-        assert!(!contains_ci(b"SUMMARY:hello", b"managed-id"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod get;
 pub mod guard;
 pub mod params;
 pub mod post;
+pub mod scan;
 
 use base64::Engine;
 use bytes::Bytes;

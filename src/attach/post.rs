@@ -163,7 +163,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
     if finish_store(state, &path, &query, upload.as_ref(), &new_cal).await {
         clear_releasing(state, releasing.as_ref()).await;
     }
-    super::access::record_audience(state, &new_cal).await;
+    super::access::record_audience(state, &path, &new_cal).await;
     respond(
         state,
         &caller,
@@ -516,7 +516,10 @@ async fn finish_store(
             tracing::warn!(id = %u.id.as_str(), error = %e, "marking attachment live failed");
         }
     }
-    // The replaced or removed id: tombstone it once the object no longer holds it.
+    // The replaced or removed id: this object's reference goes; the id itself is
+    // tombstoned only when nothing that keeps it alive holds it (DESIGN §5: an update or
+    // remove acts on the targeted object only, and the creator's other objects keep a
+    // reused id alive, RFC 8607 §3.7).
     let Some(old) = query.managed_id.as_deref() else {
         return true;
     };
@@ -526,16 +529,18 @@ async fn finish_store(
     let Some(old_id) = AttachmentId::parse(old) else {
         return true; // not one of ours (data from before calattach)
     };
-    let reason = query.action.as_str();
-    if let Err(e) = store.mark_removed(&old_id, reason).await {
-        // Its releasing marker stays, so gc tombstones it later.
-        tracing::warn!(id = old, error = %e, "tombstoning attachment failed");
-        return false;
+    match store.state(&old_id).await {
+        Ok(Some((meta, _))) => {
+            super::guard::release(state, &meta, path, query.action.as_str()).await;
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            // Its releasing marker stays, so gc settles it later.
+            tracing::warn!(id = old, error = %e, "reading attachment state failed");
+            false
+        }
     }
-    if let Err(e) = store.remove_ref(path, &old_id).await {
-        tracing::warn!(id = old, error = %e, "removing reference failed");
-    }
-    true
 }
 
 /// `201` (add) or `204`/`200` (update, remove), with `Cal-Managed-ID` (add/update only,

@@ -10,6 +10,8 @@
 //! instance, `DTEND`/`DUE` moved by the same wall-clock amount (`DURATION` kept) —
 //! inserted after the last component of that UID.
 
+use std::collections::BTreeSet;
+
 use chrono::NaiveDateTime;
 
 use super::param::{self, Param};
@@ -168,8 +170,10 @@ pub fn remove_attach(
 /// Restores parameters on every `ATTACH` whose URI starts with `url_prefix`
 /// (RFC 8607 §3.7: clients may drop parameters or send a wrong `SIZE`).
 /// `params_for` receives the path segment after the prefix and returns the
-/// parameters to set (its `uri` is ignored: the line keeps its own URI). Lines that
-/// already carry exactly those values are left alone. `Ok(None)` = nothing changed.
+/// parameters to set (such a line keeps its own URI). An `ATTACH` whose URI is
+/// elsewhere but whose `MANAGED-ID` names an id `params_for` knows gets that id's
+/// parameters and its `uri` (when not empty). Lines that already carry exactly those
+/// values are left alone. `Ok(None)` = nothing changed.
 pub fn restore_params(
     cal: &Calendar,
     url_prefix: &str,
@@ -200,6 +204,22 @@ pub fn restore_params(
             continue;
         }
         patch.replace(r.line, attach_line(&want, Some(p.value), &have, cal.eol())?);
+    }
+    // A line naming an issued id by MANAGED-ID alone gets the issued URI back: a client
+    // cannot point a managed ATTACH elsewhere (RFC 8607 §3.7, §4.3).
+    let by_uri: BTreeSet<usize> = cal.attach_refs(url_prefix).iter().map(|r| r.line).collect();
+    for (line, id, value) in cal.managed_attach_lines() {
+        if by_uri.contains(&line) {
+            continue;
+        }
+        let Some(want) = params_for(&id) else {
+            continue;
+        };
+        if want.uri.is_empty() || value == want.uri {
+            continue;
+        }
+        let have = param::parse_params(cal.prop(line).params);
+        patch.replace(line, attach_line(&want, None, &have, cal.eol())?);
     }
     Ok((!patch.ops.is_empty()).then(|| patch.render()))
 }

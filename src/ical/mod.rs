@@ -260,6 +260,28 @@ impl Calendar {
         out
     }
 
+    /// Every `ATTACH` line of a scheduling component (sub-components included) that
+    /// carries a `MANAGED-ID`: (line, managed id, value).
+    pub(crate) fn managed_attach_lines(&self) -> Vec<(usize, String, String)> {
+        let mut out = Vec::new();
+        for c in self.scheduling() {
+            let comp = &self.comps[c];
+            for i in comp.begin + 1..comp.end {
+                if self.lines[i].kind != Kind::Prop {
+                    continue;
+                }
+                let p = self.prop(i);
+                if !p.is("ATTACH") {
+                    continue;
+                }
+                if let Some(id) = p.param("MANAGED-ID") {
+                    out.push((i, id, p.value.to_string()));
+                }
+            }
+        }
+        out
+    }
+
     // ---- internal access used by edit and recur ----
 
     /// Line ending for lines this engine writes.
