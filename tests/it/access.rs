@@ -688,3 +688,333 @@ async fn schedule_user_address_not_the_callers(kind: Kind) {
 on_both!(schedule_user_address_not_the_callers:
     foreign_schedule_user_address_is_dropped_on_radicale,
     foreign_schedule_user_address_is_dropped_on_xandikos);
+
+// === attachments belong to their creator: attacks by other accounts ===
+//
+// Each scenario is an attack by user2 or user3 on user1's attachment, made as an
+// ordinary account on the same server would; each ends by showing the victim's
+// attachment intact: still referenced by user1's event and downloadable.
+
+/// user1's event still carries the attachment and user1 still downloads it.
+async fn assert_intact(w: &World, path: &str, url: &str) {
+    let text = w.get_text("user1", path).await;
+    assert!(
+        attach_lines(&text).iter().any(|l| l.ends_with(url)),
+        "the victim's event lost its ATTACH: {text}"
+    );
+    let r = w.download(Some("user1"), url).await;
+    assert_eq!(r.status, 200, "the victim's attachment: {r:?}");
+    assert_eq!(r.body.as_ref(), b"hello");
+}
+
+/// A PUT by user3 of a new event of its own carrying `attach` (user1's id): refused
+/// `403 valid-managed-id-parameter`, and nothing stored upstream.
+async fn assert_plant_refused(w: &World, target: &str, headers: &[(&str, &str)], body: &str) {
+    let r = w.send(Some("user3"), "PUT", target, headers, body).await;
+    assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
+    if !target.ends_with('/') {
+        let r = w.send(Some("user3"), "GET", target, &[], "").await;
+        assert_eq!(r.status, 404, "refused PUT reached the upstream: {r:?}");
+    }
+}
+
+/// `ATTACH;MANAG` CRLF SP `ED-ID=…`: a fold inside the parameter name, another inside
+/// the URI.
+fn folded_attach(id: &str, url: &str) -> String {
+    let cut = url.len() / 2;
+    format!(
+        "ATTACH;MANAG\r\n ED-ID={id};FMTTYPE=text/plain:{}\r\n {}\r\n",
+        &url[..cut],
+        &url[cut..]
+    )
+}
+
+async fn folded_lines_cannot_plant_an_id(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, _) = w.organizer_event(&["user1"]).await;
+    let cal = w.up.new_calendar("user3", "own").await;
+    let target = format!("{cal}{}.ics", unique("e"));
+    let ics = event(&unique("uid"), "user3", &[], &folded_attach(&id, &url));
+    assert_plant_refused(
+        &w,
+        &target,
+        &[("Content-Type", "text/calendar; charset=utf-8")],
+        &ics,
+    )
+    .await;
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(folded_lines_cannot_plant_an_id:
+    a_folded_attach_line_cannot_plant_another_users_id_on_radicale,
+    a_folded_attach_line_cannot_plant_another_users_id_on_xandikos);
+
+async fn put_without_content_type_is_guarded(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, _) = w.organizer_event(&["user1"]).await;
+    let cal = w.up.new_calendar("user3", "own").await;
+    let target = format!("{cal}{}.ics", unique("e"));
+    let ics = event(&unique("uid"), "user3", &[], &attach_line(&id, &url));
+    assert_plant_refused(&w, &target, &[], &ics).await;
+    assert_plant_refused(&w, &target, &[("Content-Type", "text/plain")], &ics).await;
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(put_without_content_type_is_guarded:
+    a_put_without_or_with_another_content_type_cannot_plant_an_id_on_radicale,
+    a_put_without_or_with_another_content_type_cannot_plant_an_id_on_xandikos);
+
+async fn put_to_a_collection_is_guarded(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, _) = w.organizer_event(&["user1"]).await;
+    let cal = w.up.new_calendar("user3", "own").await;
+    let ics = event(&unique("uid"), "user3", &[], &attach_line(&id, &url));
+    assert_plant_refused(
+        &w,
+        &cal,
+        &[("Content-Type", "text/calendar; charset=utf-8")],
+        &ics,
+    )
+    .await;
+    // Nothing was imported into the collection.
+    let r = w
+        .send(
+            Some("user3"),
+            "PROPFIND",
+            &cal,
+            &[("Depth", "1")],
+            "<?xml version=\"1.0\"?><propfind xmlns=\"DAV:\"><prop><getetag/></prop></propfind>",
+        )
+        .await;
+    assert!(!r.text().contains(".ics"), "an object was imported: {r:?}");
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(put_to_a_collection_is_guarded:
+    a_put_to_a_collection_path_cannot_plant_an_id_on_radicale,
+    a_put_to_a_collection_path_cannot_plant_an_id_on_xandikos);
+
+/// A body larger than `max_object_size`: scanned as it streams, refused with nothing
+/// stored; one without managed ids still streams through byte for byte.
+async fn oversize_put_is_scanned(kind: Kind) {
+    let w = World::new(kind, "[attachments]\nmax_object_size = 65536\n");
+    let (path, id, url, _) = w.organizer_event(&["user1"]).await;
+    let cal = w.up.new_calendar("user3", "own").await;
+    let padding: String = (0..3000)
+        .map(|i| format!("X-PAD-{i}:{}\r\n", "p".repeat(40)))
+        .collect();
+    let planted = format!("{padding}{}", folded_attach(&id, &url));
+    let ics = event(&unique("uid"), "user3", &[], &planted);
+    assert!(ics.len() > 65536 * 2);
+    let target = format!("{cal}{}.ics", unique("e"));
+    assert_plant_refused(
+        &w,
+        &target,
+        &[("Content-Type", "text/calendar; charset=utf-8")],
+        &ics,
+    )
+    .await;
+    // The same size without the planted line is stored as sent.
+    let innocent = event(&unique("uid"), "user3", &[], &padding);
+    let target = format!("{cal}{}.ics", unique("e"));
+    let r = w.put("user3", &target, &innocent).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let stored = w.get_text("user3", &target).await;
+    assert!(stored.contains("X-PAD-2999:"), "large object not stored");
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(oversize_put_is_scanned:
+    a_put_larger_than_max_object_size_cannot_plant_an_id_and_others_stream_through_on_radicale,
+    a_put_larger_than_max_object_size_cannot_plant_an_id_and_others_stream_through_on_xandikos);
+
+/// An attendee imports the invitation (allowed: a scheduling copy), names itself
+/// ORGANIZER (the id is already in its object, so that save passes), then updates and
+/// removes the attachment there: only its own object changes.
+async fn attendee_cannot_tombstone_through_its_copy(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let copy = attendee_copy(&w, &uid, &id, &url).await;
+    let hijacked = event(&uid, "user2", &["user1", "user2"], &attach_line(&id, &url));
+    let r = w.put("user2", &copy, &hijacked).await;
+    assert!(r.status.is_success(), "{r:?}");
+    let r = w
+        .post(
+            "user2",
+            &copy,
+            &format!("action=attachment-update&managed-id={id}"),
+            "mine",
+        )
+        .await;
+    assert!(r.status.is_success(), "update of its own object: {r:?}");
+    assert_intact(&w, &path, &url).await;
+    let r = w
+        .post(
+            "user2",
+            &copy,
+            &format!("action=attachment-remove&managed-id={id}"),
+            "",
+        )
+        .await;
+    assert!(r.status.is_success() || r.status == 403, "{r:?}");
+    assert_intact(&w, &path, &url).await;
+    // Still invited: the attendee keeps reading it.
+    assert_eq!(w.download(Some("user2"), &url).await.status, 200);
+}
+on_both!(attendee_cannot_tombstone_through_its_copy:
+    an_attendee_posting_update_or_remove_on_its_copy_changes_only_its_copy_on_radicale,
+    an_attendee_posting_update_or_remove_on_its_copy_changes_only_its_copy_on_xandikos);
+
+/// Uninvited user3 names itself ORGANIZER — in its old copy and in a new object with the
+/// same UID — and still cannot read; the invited attendee keeps access.
+async fn ex_attendee_cannot_rewrite_the_audience(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1", "user2", "user3"]).await;
+    let cal3 = w.up.new_calendar("user3", "copy").await;
+    let copy3 = format!("{cal3}{}.ics", unique("copy"));
+    let r = w
+        .put(
+            "user3",
+            &copy3,
+            &event(
+                &uid,
+                "user1",
+                &["user1", "user2", "user3"],
+                &attach_line(&id, &url),
+            ),
+        )
+        .await;
+    assert!(r.status.is_success(), "invited copy: {r:?}");
+    // The organizer uninvites user3.
+    let r = w
+        .put(
+            "user1",
+            &path,
+            &event(&uid, "user1", &["user1", "user2"], &attach_line(&id, &url)),
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert_eq!(w.download(Some("user3"), &url).await.status, 403);
+    // user3 re-saves its copy as organizer, with itself and a friend invited.
+    let claim = event(&uid, "user3", &["user3"], &attach_line(&id, &url));
+    let r = w.put("user3", &copy3, &claim).await;
+    assert!(r.status.is_success(), "{r:?}");
+    // And plants the id into a new object with the same UID as organizer.
+    let other = format!("{cal3}{}.ics", unique("e"));
+    let r = w.put("user3", &other, &claim).await;
+    assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
+    // And posts on its copy (an add records the audience of what it commits).
+    let r = w.post("user3", &copy3, "action=attachment-add", "x").await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(
+        w.download(Some("user3"), &url).await.status,
+        403,
+        "the ex-attendee regained access"
+    );
+    assert_eq!(w.download(Some("user2"), &url).await.status, 200);
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(ex_attendee_cannot_rewrite_the_audience:
+    an_uninvited_attendee_naming_itself_organizer_cannot_rewrite_the_audience_on_radicale,
+    an_uninvited_attendee_naming_itself_organizer_cannot_rewrite_the_audience_on_xandikos);
+
+/// A MOVE of the attendee's copy onto the organizer's event is refused by the upstream;
+/// its rollback must not remove the organizer's own index entries, so the attendee's
+/// next save (dropping the ATTACH) cannot tombstone the organizer's attachment.
+async fn failed_move_rolls_back_only_its_own_entries(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let copy = attendee_copy(&w, &uid, &id, &url).await;
+    let r = w
+        .send(
+            Some("user2"),
+            "MOVE",
+            &copy,
+            &[("Destination", &w.proxy.url(&path)), ("Overwrite", "T")],
+            "",
+        )
+        .await;
+    assert!(
+        !r.status.is_success(),
+        "the upstream let user2 overwrite user1's event: {r:?}"
+    );
+    let r = w
+        .put(
+            "user2",
+            &copy,
+            &event(&uid, "user1", &["user1", "user2"], ""),
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(failed_move_rolls_back_only_its_own_entries:
+    a_refused_move_onto_the_organizers_event_keeps_the_organizers_index_on_radicale,
+    a_refused_move_onto_the_organizers_event_keeps_the_organizers_index_on_xandikos);
+
+/// RFC 8607 §3.7 reuse: the creator's second event holds the id; an update, then a
+/// remove, on the first event leave the second event's link working.
+async fn update_keeps_an_id_another_event_holds(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, _) = w.organizer_event(&["user1"]).await;
+    let cal = w.up.new_calendar("user1", "other").await;
+    let other = format!("{cal}{}.ics", unique("e"));
+    let other_uid = unique("uid");
+    let r = w
+        .put(
+            "user1",
+            &other,
+            &event(&other_uid, "user1", &[], &attach_line(&id, &url)),
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    let r = w
+        .post(
+            "user1",
+            &path,
+            &format!("action=attachment-update&managed-id={id}"),
+            "new",
+        )
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    let r = w.download(Some("user1"), &url).await;
+    assert_eq!(
+        r.status, 200,
+        "the other event's link broke on update: {r:?}"
+    );
+    assert_eq!(r.body.as_ref(), b"hello");
+    // The second event drops it too: now nothing holds it.
+    let r = w
+        .put("user1", &other, &event(&other_uid, "user1", &[], ""))
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert_eq!(w.download(Some("user1"), &url).await.status, 410);
+}
+on_both!(update_keeps_an_id_another_event_holds:
+    an_update_keeps_the_old_id_alive_while_the_creators_other_event_holds_it_on_radicale,
+    an_update_keeps_the_old_id_alive_while_the_creators_other_event_holds_it_on_xandikos);
+
+/// A managed ATTACH re-pointed at a foreign URL (with a new FILENAME and SIZE) gets the
+/// issued URI and the server's parameters back.
+async fn managed_attach_cannot_point_elsewhere(kind: Kind) {
+    let w = World::new(kind, "");
+    let (path, id, url, uid) = w.organizer_event(&["user1"]).await;
+    let evil = format!(
+        "ATTACH;MANAGED-ID={id};FMTTYPE=application/x-msdownload;FILENAME=evil.exe;SIZE=1:https://evil.example/evil.exe\r\n"
+    );
+    let r = w
+        .put("user1", &path, &event(&uid, "user1", &["user1"], &evil))
+        .await;
+    assert!(r.status.is_success(), "{r:?}");
+    assert!(
+        r.header("etag").is_none(),
+        "changed body answered with an ETag: {r:?}"
+    );
+    let text = w.get_text("user1", &path).await;
+    let lines = attach_lines(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].ends_with(&url), "{lines:?}");
+    assert!(lines[0].contains("FILENAME=notes.txt"), "{lines:?}");
+    assert!(lines[0].contains("SIZE=5"), "{lines:?}");
+    assert!(!text.contains("evil"), "{text}");
+    assert_intact(&w, &path, &url).await;
+}
+on_both!(managed_attach_cannot_point_elsewhere:
+    a_managed_attach_repointed_elsewhere_gets_the_issued_uri_and_parameters_back_on_radicale,
+    a_managed_attach_repointed_elsewhere_gets_the_issued_uri_and_parameters_back_on_xandikos);
