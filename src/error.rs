@@ -100,6 +100,10 @@ pub enum Error {
     MethodNotAllowed { allow: &'static str },
     #[error("forbidden")]
     Forbidden,
+    /// `403` with `DAV:need-privileges` naming `DAV:read` on `href` (RFC 3744 §7.1.1,
+    /// which RFC 4791 §1.3 requires CalDAV servers to support): a refused download.
+    #[error("no read access to {href}")]
+    NeedRead { href: String },
     #[error("not found")]
     NotFound,
     #[error("gone")]
@@ -129,6 +133,16 @@ pub enum Error {
     Internal(String),
 }
 
+/// `<D:error><D:need-privileges>` for `DAV:read` on `href` (RFC 3744 §7.1.1).
+fn need_read(href: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+         <D:error xmlns:D=\"DAV:\"><D:need-privileges><D:resource><D:href>{}</D:href>\
+         <D:privilege><D:read/></D:privilege></D:resource></D:need-privileges></D:error>\n",
+        quick_xml::escape::escape(href)
+    )
+}
+
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -139,7 +153,7 @@ impl Error {
             Error::Precondition(..) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Forbidden => StatusCode::FORBIDDEN,
+            Error::Forbidden | Error::NeedRead { .. } => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
             Error::UpstreamUnavailable | Error::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -160,6 +174,7 @@ impl Error {
         }
         let (content_type, text) = match &self {
             Error::Precondition(p, _) => ("application/xml; charset=utf-8", p.body()),
+            Error::NeedRead { href } => ("application/xml; charset=utf-8", need_read(href)),
             Error::UpstreamUnavailable | Error::UpstreamUnreachable => (
                 "text/plain; charset=utf-8",
                 "502 bad gateway: the calendar server is unreachable\n".to_owned(),

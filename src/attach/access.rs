@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use http::header::HeaderMap;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response};
 
 use super::Caller;
 use crate::body::{self, Body};
@@ -210,11 +210,21 @@ pub enum Download {
     Denied(Response<Body>),
 }
 
+/// `403` naming the privilege that is missing (RFC 3744 §7.1.1): `DAV:read` on the
+/// attachment's URL. Says nothing about the attachment's state.
+fn need_read(state: &State, meta: &Meta) -> Response<Body> {
+    let base = super::url_base(&state.upstream, &state.config.attachments.prefix);
+    Error::NeedRead {
+        href: format!("{base}{}", meta.id.as_str()),
+    }
+    .into_response()
+}
+
 /// DESIGN §6: decided before the attachment's state is revealed.
 pub async fn may_download(state: &State, caller: &Caller, meta: &Meta) -> Result<Download, Error> {
     let identity = match identify(state, caller).await? {
         Ok(Some(id)) => id,
-        Ok(None) => return Ok(Download::Denied(Error::Forbidden.into_response())),
+        Ok(None) => return Ok(Download::Denied(need_read(state, meta))),
         Err(refusal) => return Ok(Download::Denied(refusal)),
     };
     if is_creator(&identity, caller, meta) {
@@ -254,9 +264,7 @@ pub async fn may_download(state: &State, caller: &Caller, meta: &Meta) -> Result
         }
     }
     tracing::info!(id = %meta.id.as_str(), principal = %identity.principal, "download refused: no access");
-    let mut resp = Error::Forbidden.into_response();
-    *resp.status_mut() = StatusCode::FORBIDDEN;
-    Ok(Download::Denied(resp))
+    Ok(Download::Denied(need_read(state, meta)))
 }
 
 #[cfg(test)]

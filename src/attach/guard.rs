@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -379,8 +380,7 @@ async fn put(
     }
     if tracked.is_empty() && scan.ids.is_empty() {
         // Nothing managed before or after: byte for byte.
-        let body = full_body(&mut parts, bytes);
-        return forward_with(state, parts, body, peer).await;
+        return put_plain(state, parts, bytes, peer).await;
     }
     let caller = Caller::from_headers(&parts.headers)?;
     let mut landing = match Landing::prepare(state, caller, &path, scan.ids.clone()).await? {
@@ -575,18 +575,56 @@ async fn decide_streamed<'a>(
     Ok(Some(landing))
 }
 
-/// Forwards the request with `body` (the client's other headers unchanged).
-async fn forward_with(
+/// A PUT that touches no managed attachment, forwarded as sent. `Prefer:
+/// return=representation` (RFC 8144 §3.1 SHOULD, RFC 8607 §3.1) is honoured in front of
+/// upstreams that ignore it: a 2xx without a body is answered with the object as stored,
+/// read back with the caller's credentials — one extra GET, only for requests that ask,
+/// none when the upstream already sent a body or the object is not a calendar object.
+async fn put_plain(
     state: &State,
     mut parts: Parts,
-    body: Body,
+    bytes: Bytes,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
+    let path = parts.uri.path().to_owned();
+    // A Digest caller cannot be replayed for the read-back: its PUT is forwarded as is.
+    let caller = super::params::wants_representation(&parts.headers)
+        .then(|| Caller::from_headers(&parts.headers).ok())
+        .flatten();
     parts.extensions = http::Extensions::new();
+    let body = full_body(&mut parts, bytes);
     let mut req = Request::from_parts(parts, body);
     state.upstream.prepare_request(&mut req, peer)?;
     let resp = state.upstream.send(req).await?;
-    Ok(state.upstream.relay_response(resp))
+    let status = resp.status();
+    let out = state.upstream.relay_response(resp);
+    let Some(caller) = caller.filter(|_| status.is_success()) else {
+        return Ok(out);
+    };
+    // Whether the upstream sent a body: Xandikos sends an empty chunked one.
+    let (head, mut sent) = out.into_parts();
+    let first = loop {
+        match sent.frame().await {
+            None => break None,
+            Some(Ok(f)) if f.data_ref().is_some_and(|d| d.is_empty()) => continue,
+            Some(Ok(f)) => break Some(Ok(f)),
+            Some(Err(e)) => break Some(Err(e)),
+        }
+    };
+    match first {
+        None => {
+            let fallback = Response::from_parts(head, body::empty());
+            representation(state, &caller, &path, status, fallback).await
+        }
+        Some(frame) => {
+            let rest = http_body_util::BodyStream::new(sent);
+            let again = futures_util::stream::iter([frame]).chain(rest);
+            Ok(Response::from_parts(
+                head,
+                body::boxed_direct(StreamBody::new(again)),
+            ))
+        }
+    }
 }
 
 /// Metadata and state of every id in `ids` calattach issued (bounded).

@@ -1018,3 +1018,156 @@ async fn managed_attach_cannot_point_elsewhere(kind: Kind) {
 on_both!(managed_attach_cannot_point_elsewhere:
     a_managed_attach_repointed_elsewhere_gets_the_issued_uri_and_parameters_back_on_radicale,
     a_managed_attach_repointed_elsewhere_gets_the_issued_uri_and_parameters_back_on_xandikos);
+
+// === the representation clients ask for, refusals they can read (RFC 8144, RFC 3744) ===
+
+/// calattach in front of a fault proxy in pass mode, which records every request line
+/// the upstream receives.
+fn counted(kind: Kind) -> (crate::harness::faultproxy::FaultProxy, Calattach) {
+    let up = Upstream::get(kind);
+    let fp = crate::harness::faultproxy::FaultProxy::start(crate::harness::loopback(up.port()));
+    let proxy = Calattach::start(&fp.origin(), Storage::Local, TEMPLATE);
+    (fp, proxy)
+}
+
+async fn put_via(proxy: &Calattach, path: &str, prefer: Option<&str>, ics: &str) -> Reply {
+    let mut b = Client::new()
+        .request("PUT", &proxy.url(path))
+        .basic("user1", pw("user1"))
+        .header("Content-Type", "text/calendar; charset=utf-8");
+    if let Some(p) = prefer {
+        b = b.header("Prefer", p);
+    }
+    b.body(ics.to_string()).send().await
+}
+
+fn gets(fp: &crate::harness::faultproxy::FaultProxy, path: &str) -> usize {
+    fp.seen()
+        .iter()
+        .filter(|l| l.starts_with(&format!("GET {path} ")))
+        .count()
+}
+
+async fn prefer_on_every_put(kind: Kind) {
+    let (fp, proxy) = counted(kind);
+    let up = Upstream::get(kind);
+    let cal = up.new_calendar("user1", "prefer").await;
+    let uid = unique("uid");
+    let path = format!("{cal}{uid}.ics");
+
+    // Create, asking for the representation: the stored object comes back.
+    let r = put_via(
+        &proxy,
+        &path,
+        Some("return=representation"),
+        &event(&uid, "user1", &[], ""),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(
+        r.header("preference-applied"),
+        Some("return=representation"),
+        "{r:?}"
+    );
+    assert!(r.text().contains(&format!("UID:{uid}")), "{r:?}");
+    assert!(
+        r.header("content-location")
+            .is_some_and(|v| v.ends_with(&path)),
+        "{r:?}"
+    );
+    assert!(r.header("etag").is_some(), "{r:?}");
+    assert_eq!(gets(&fp, &path), 1, "one read-back GET");
+
+    // Update: 200 with the object.
+    let changed = event(&uid, "user1", &[], "DESCRIPTION:changed\r\n");
+    let r = put_via(&proxy, &path, Some("return=representation"), &changed).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.text().contains("DESCRIPTION:changed"), "{r:?}");
+    assert_eq!(gets(&fp, &path), 2);
+
+    // Without Prefer, or with return=minimal: as the upstream answered, no extra GET.
+    let r = put_via(
+        &proxy,
+        &path,
+        None,
+        &event(&uid, "user1", &[], "DESCRIPTION:3\r\n"),
+    )
+    .await;
+    assert!(
+        r.status == 204 || r.status == 201 || r.status == 200,
+        "{r:?}"
+    );
+    assert!(r.header("preference-applied").is_none(), "{r:?}");
+    let r = put_via(
+        &proxy,
+        &path,
+        Some("return=minimal"),
+        &event(&uid, "user1", &[], "DESCRIPTION:4\r\n"),
+    )
+    .await;
+    assert!(r.header("preference-applied").is_none(), "{r:?}");
+    assert!(r.body.is_empty(), "{r:?}");
+    assert_eq!(gets(&fp, &path), 2, "a PUT that did not ask caused a GET");
+}
+on_both!(prefer_on_every_put:
+    prefer_return_representation_on_any_put_returns_the_stored_object_and_nothing_extra_without_it_on_radicale,
+    prefer_return_representation_on_any_put_returns_the_stored_object_and_nothing_extra_without_it_on_xandikos);
+
+async fn refused_download_names_dav_read(kind: Kind) {
+    let w = World::new(kind, "");
+    let (_, id, url, _) = w.organizer_event(&["user1"]).await;
+    let r = w.download(Some("user3"), &url).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("application/xml")),
+        "{r:?}"
+    );
+    let text = r.text();
+    let (elements, href) = dav_elements(&text);
+    assert_eq!(
+        elements,
+        [
+            "error",
+            "need-privileges",
+            "resource",
+            "href",
+            "privilege",
+            "read"
+        ],
+        "{text}"
+    );
+    assert!(href.ends_with(&id), "{text}");
+    // Decided before the state: a removed id answers the same to an outsider.
+    assert!(!text.contains("gone"), "{text}");
+}
+on_both!(refused_download_names_dav_read:
+    a_refused_download_answers_403_need_privileges_naming_dav_read_on_radicale,
+    a_refused_download_answers_403_need_privileges_naming_dav_read_on_xandikos);
+
+/// The `DAV:` elements of an XML document in document order (namespaces resolved, so
+/// any prefix works), and the text of its `DAV:href`. Panics when it does not parse.
+fn dav_elements(xml: &str) -> (Vec<String>, String) {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+    let mut reader = quick_xml::NsReader::from_str(xml);
+    let (mut names, mut href, mut in_href) = (Vec::new(), String::new(), false);
+    loop {
+        match reader.read_resolved_event().expect("well-formed XML") {
+            (ResolveResult::Bound(ns), Event::Start(e) | Event::Empty(e))
+                if ns.as_ref() == b"DAV:" =>
+            {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                in_href = name == "href";
+                names.push(name);
+            }
+            (_, Event::Text(t)) if in_href => {
+                href.push_str(&String::from_utf8_lossy(t.as_ref()));
+            }
+            (_, Event::End(_)) => in_href = false,
+            (_, Event::Eof) => break,
+            _ => {}
+        }
+    }
+    (names, href)
+}
