@@ -35,7 +35,7 @@ pub const DEFAULT_MAX_ATTACHMENT_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_ATTACHMENTS_PER_RESOURCE: u64 = 20;
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_OVERRIDES: usize = 1000;
-pub const DEFAULT_COMMIT_RETRIES: u32 = 5;
+pub const DEFAULT_COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 pub const DEFAULT_STORAGE_URL: &str = "file://./data";
 pub const DEFAULT_GC_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_GC_PENDING_GRACE: Duration = Duration::from_secs(3600);
@@ -143,7 +143,7 @@ pub struct RawAttachments {
     pub max_object_size: Option<SizeValue>,
     pub max_overrides: Option<i64>,
     pub no_recurrence: Option<bool>,
-    pub commit_retries: Option<i64>,
+    pub commit_deadline: Option<String>,
     pub download: Option<String>,
     pub max_concurrent_uploads: Option<i64>,
 }
@@ -272,7 +272,7 @@ pub struct AttachmentsConfig {
     pub max_object_size: u64,
     pub max_overrides: usize,
     pub no_recurrence: bool,
-    pub commit_retries: u32,
+    pub commit_deadline: Duration,
     pub download: DownloadMode,
     /// Attachment uploads in progress at once; more get `503 Retry-After`.
     pub max_concurrent_uploads: usize,
@@ -471,13 +471,11 @@ impl Config {
                 )?,
                 1,
             )?,
-            commit_retries: count(
-                "attachments.commit_retries",
-                a.commit_retries,
-                u64::from(DEFAULT_COMMIT_RETRIES),
-            )?
-            .try_into()
-            .map_err(|_| ConfigError::value("attachments.commit_retries", "", "too large"))?,
+            commit_deadline: duration(
+                "attachments.commit_deadline",
+                a.commit_deadline,
+                DEFAULT_COMMIT_DEADLINE,
+            )?,
             download: match a.download.as_deref().unwrap_or("auth") {
                 "auth" => DownloadMode::Auth,
                 "capability" => DownloadMode::Capability,
@@ -847,7 +845,7 @@ mod tests {
             "max_object_size",
             "max_overrides",
             "no_recurrence",
-            "commit_retries",
+            "commit_deadline",
             "download",
             "address_template",
             "cache_ttl",

@@ -140,7 +140,7 @@ impl Metrics {
         let commit_retries = Counter::default();
         registry.register(
             "commit_retries",
-            "Attachment commit PUTs the upstream answered with 412 or 423 (re-applied up to attachments.commit_retries times)",
+            "Attachment commit PUTs the upstream answered with 412 or 423 (re-applied until attachments.commit_deadline)",
             commit_retries.clone(),
         );
         let uploads = Gauge::default();

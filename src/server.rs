@@ -36,6 +36,8 @@ pub struct State {
     pub identity: Arc<IdentityCache>,
     /// One permit per attachment upload in progress (`attachments.max_concurrent_uploads`).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// The per-object attachment commit queues of this process (`attach::commit`).
+    pub commits: Arc<crate::attach::commit::Commits>,
 }
 
 impl State {
@@ -57,6 +59,7 @@ impl State {
             store,
             identity,
             uploads,
+            commits: Arc::default(),
         })
     }
 
@@ -69,6 +72,7 @@ impl State {
             store: self.store.clone(),
             identity: self.identity.clone(),
             uploads: self.uploads.clone(),
+            commits: self.commits.clone(),
         })
     }
 }

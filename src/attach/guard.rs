@@ -102,6 +102,18 @@ fn full_body(parts: &mut Parts, bytes: Bytes) -> Body {
     body::full(bytes)
 }
 
+fn is_calendar(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..13)
+                .is_some_and(|p| p.eq_ignore_ascii_case("text/calendar"))
+        })
+}
+
 /// Every id `cal` references: `ATTACH` URIs under `base`, and `MANAGED-ID` values.
 fn ids_of(cal: &Calendar, base: &str) -> BTreeSet<String> {
     let mut ids: BTreeSet<String> = cal.attach_refs(base).into_iter().map(|r| r.id).collect();
@@ -360,7 +372,9 @@ async fn put(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let max = usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX);
-    let read = if declared.is_some_and(|n| n > cfg.max_object_size) {
+    // Only calendar data that fits is read whole (it may need editing); everything
+    // else streams through the scanner, so uploads of other data keep streaming.
+    let read = if !is_calendar(&parts) || declared.is_some_and(|n| n > cfg.max_object_size) {
         Read::Over(Bytes::new(), incoming)
     } else {
         read_bounded(incoming, max).await?
@@ -467,10 +481,12 @@ fn restore(
     })
 }
 
-/// A PUT too large to edit (`attachments.max_object_size`): scanned as it streams to
-/// the upstream. The last chunk is held back until the whole body was scanned and its
-/// introduced ids checked, so a refused body never reaches the upstream complete (the
-/// upstream request is aborted, which no server stores).
+/// A PUT that is not read whole — not `text/calendar`, or too large to edit
+/// (`attachments.max_object_size`) — scanned as it streams to the upstream. The body's
+/// end is held back until the whole body was scanned and its introduced ids checked, so
+/// a refused body never reaches the upstream complete (the upstream request is aborted,
+/// which no server stores): with a `Content-Length` its last octet is held back, with
+/// chunked framing only the final chunk; every other byte is forwarded as it arrives.
 async fn put_streamed(
     state: &State,
     parts: Parts,
@@ -488,20 +504,23 @@ async fn put_streamed(
     let mut req = Request::from_parts(parts, body::boxed_direct(upstream_body));
     state.upstream.prepare_request(&mut req, peer)?;
 
-    // The scanning pump: client → scanner → upstream, one chunk behind.
+    let sized = req.headers().contains_key(header::CONTENT_LENGTH);
+    // The scanning pump: client → scanner → upstream, all but the body's end.
     let pump = async {
+        // Owned here, so the upstream body ends when the pump does.
+        let tx = tx;
         let mut scanner = Scanner::new(&base);
         let mut held: Option<Bytes> = None;
         let mut rest = rest;
         let mut next = Some(head).filter(|h| !h.is_empty());
         loop {
-            let chunk = match next.take() {
+            let mut chunk = match next.take() {
                 Some(c) => c,
                 None => match rest.frame().await {
                     None => break,
                     Some(Ok(f)) => match f.into_data() {
-                        Ok(d) => d,
-                        Err(_) => continue,
+                        Ok(d) if !d.is_empty() => d,
+                        _ => continue,
                     },
                     Some(Err(e)) => {
                         let msg = format!("reading the body: {e}");
@@ -511,11 +530,13 @@ async fn put_streamed(
                 },
             };
             scanner.feed(&chunk);
-            if let Some(prev) = held.replace(chunk) {
-                if tx.send(Ok(Frame::data(prev))).await.is_err() {
+            let last = sized.then(|| chunk.split_off(chunk.len() - 1));
+            for piece in [held.take(), Some(chunk)].into_iter().flatten() {
+                if !piece.is_empty() && tx.send(Ok(Frame::data(piece))).await.is_err() {
                     return Ok(None); // the upstream answered early
                 }
             }
+            held = last;
         }
         let scan = scanner.finish();
         let verdict = decide_streamed(state, &caller, &path, &scan, &tracked).await;

@@ -2,6 +2,7 @@
 //! downloads (RFC 8607 §3.10, DESIGN §6).
 
 pub mod access;
+pub mod commit;
 pub mod conditional;
 pub mod get;
 pub mod guard;

@@ -20,27 +20,19 @@
 //! reconciles it. After a successful PUT a failing store write only delays the state
 //! change, which the same reconciliation repairs.
 
-use std::time::Duration;
-
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyDataStream;
 use hyper::body::Incoming;
-use rand::Rng;
 
 use super::conditional::{self, Validators};
 use super::params::{self, AttachAction, AttachQuery};
 use super::{fetch_object, Caller, Fetched, Object};
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::error::{Error, Precondition};
 use crate::ical::{edit, Calendar, EditError, NewAttach};
 use crate::server::State;
 use crate::store::{AttachmentId, Meta, PutBlobError};
-
-/// Headers of the client's POST that the commit PUT carries on: scheduling controls
-/// (RFC 6638 §8, draft-ietf-calext-caldav-scheduling-controls) so an upstream with
-/// implicit scheduling informs attendees of the change (RFC 8607 §3.12.6).
-const FORWARDED_TO_COMMIT: [&str; 3] = ["schedule-reply", "scheduling", "schedule-user-address"];
 
 /// A stored upload waiting for its commit.
 struct Upload {
@@ -129,34 +121,25 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         }
         _ => None,
     };
-    let committed = commit(
-        state,
-        &caller,
-        &path,
-        &query,
-        &headers,
+    let change = super::commit::Change {
+        caller: caller.clone(),
+        query: query.clone(),
+        attach: upload.as_ref().map(|u| u.attach.clone()),
+        headers: headers.clone(),
         object,
-        cal,
-        upload.as_ref(),
-    )
-    .await;
-    let (new_validators, new_cal) = match committed {
-        Ok(c) => c,
-        Err(Outcome::Refused(resp)) => {
+    };
+    let (new_validators, new_cal) = match state.commits.commit(state, &path, change).await {
+        Ok(c) => (c.validators, c.cal),
+        Err(f) if f.definite => {
             discard(state, upload.as_ref()).await;
             clear_releasing(state, releasing.as_ref()).await;
-            return Ok(resp);
+            return Ok(f.answer.into_response());
         }
-        Err(Outcome::Failed(e)) => {
-            discard(state, upload.as_ref()).await;
-            clear_releasing(state, releasing.as_ref()).await;
-            return Err(e);
-        }
-        Err(Outcome::Ambiguous(e)) => {
+        Err(f) => {
             if let Some(u) = &upload {
                 tracing::warn!(id = %u.id.as_str(), %path, "commit outcome unknown; attachment kept pending");
             }
-            return Err(e);
+            return Ok(f.answer.into_response());
         }
     };
 
@@ -183,7 +166,11 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn parse_object(object: &Object, path: &str, max_overrides: usize) -> Result<Calendar, Error> {
+pub(super) fn parse_object(
+    object: &Object,
+    path: &str,
+    max_overrides: usize,
+) -> Result<Calendar, Error> {
     let cal = Calendar::parse(&object.bytes).map_err(|e| {
         Error::Precondition(
             Precondition::ValidCalendarData,
@@ -220,7 +207,7 @@ fn new_attach(
 }
 
 /// The edit for `query` on `cal`, or the precondition it violates (RFC 8607 §3.11).
-fn apply(
+pub(super) fn apply(
     state: &State,
     cal: &Calendar,
     query: &AttachQuery,
@@ -333,130 +320,6 @@ pub fn store_error(e: crate::store::StoreError) -> Error {
     } else {
         Error::Storage(crate::proxy::error_chain(&e))
     }
-}
-
-/// How a commit ended, when it did not succeed.
-enum Outcome {
-    /// The upstream answered with a refusal to relay; it changed nothing.
-    Refused(Response<Body>),
-    /// calattach refuses (409 after retries, a precondition on re-apply); nothing changed.
-    Failed(Error),
-    /// The PUT may or may not have been applied.
-    Ambiguous(Error),
-}
-
-/// Applies the edit and PUTs it with `If-Match`, re-reading and re-applying on `412`.
-///
-/// A conditional POST keeps its precondition across retries: after a 412 the object is
-/// read again and the client's own `If-Match`/`If-Schedule-Tag-Match` re-evaluated, so
-/// a version the client did not see is never written over — the client gets `412`.
-#[allow(clippy::too_many_arguments)]
-async fn commit(
-    state: &State,
-    caller: &Caller,
-    path: &str,
-    query: &AttachQuery,
-    headers: &HeaderMap,
-    mut object: Object,
-    mut cal: Calendar,
-    upload: Option<&Upload>,
-) -> Result<(Validators, Calendar), Outcome> {
-    let retries = state.config.attachments.commit_retries;
-    let mut attempt = 0u32;
-    loop {
-        let new_bytes =
-            apply(state, &cal, query, upload.map(|u| &u.attach)).map_err(Outcome::Failed)?;
-        let Some(etag) = object.validators.etag.clone() else {
-            return Err(Outcome::Failed(Error::Conflict(format!(
-                "the calendar server sent no ETag for {path}; cannot update it safely"
-            ))));
-        };
-        let new_cal = Calendar::parse(&new_bytes).map_err(|e| {
-            Outcome::Failed(Error::Internal(format!(
-                "edited object does not parse: {e}"
-            )))
-        })?;
-        let new_bytes = bytes::Bytes::from(new_bytes);
-        let make_put = || {
-            let mut put = caller.request(
-                &state.upstream,
-                Method::PUT,
-                path,
-                body::full(new_bytes.clone()),
-            )?;
-            let h = put.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/calendar; charset=utf-8"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&etag) {
-                h.insert(header::IF_MATCH, v);
-            }
-            for name in FORWARDED_TO_COMMIT {
-                if let Some(v) = headers.get(name) {
-                    h.insert(name, v.clone());
-                }
-            }
-            Ok(put)
-        };
-        // Never sent (no connection) is a definite failure; anything after the request
-        // went out may have been applied.
-        let resp = match state.upstream.send_retrying(make_put).await {
-            Ok(r) => r,
-            Err(e @ Error::UpstreamUnreachable) => return Err(Outcome::Failed(e)),
-            Err(e) => return Err(Outcome::Ambiguous(e)),
-        };
-        let status = resp.status();
-        if status.is_success() {
-            let v = super::validators(resp.headers());
-            super::drain(resp).await;
-            return Ok((v, new_cal));
-        }
-        // 412: the object changed since it was read. 423: the upstream holds a lock
-        // (Xandikos locks a collection while it writes); the PUT was not applied either
-        // way, so re-reading and re-applying is safe.
-        if status != StatusCode::PRECONDITION_FAILED && status != StatusCode::LOCKED {
-            tracing::info!(%path, status = status.as_u16(), "upstream refused the commit");
-            return Err(Outcome::Refused(state.upstream.relay_response(resp)));
-        }
-        super::drain(resp).await;
-        attempt += 1;
-        crate::metrics::get().commit_retry();
-        if attempt > retries {
-            return Err(Outcome::Failed(Error::Conflict(format!(
-                "{path} kept changing; gave up after {retries} retries"
-            ))));
-        }
-        tracing::warn!(%path, attempt, status = status.as_u16(), "commit not applied (412 on commit, or 423 locked), re-applying edit");
-        backoff(attempt).await;
-        object = match fetch_object(
-            &state.upstream,
-            caller,
-            path,
-            state.config.attachments.max_object_size,
-        )
-        .await
-        {
-            Ok(Fetched::Object(o)) => o,
-            Ok(Fetched::Relay(resp)) => return Err(Outcome::Refused(resp)),
-            Err(e) => return Err(Outcome::Failed(e)),
-        };
-        if !conditional::preconditions_hold(headers, &object.validators) {
-            let prefer = params::wants_representation(headers);
-            return Err(Outcome::Refused(precondition_failed(
-                state, path, &object, prefer,
-            )));
-        }
-        cal = parse_object(&object, path, state.config.attachments.max_overrides)
-            .map_err(Outcome::Failed)?;
-    }
-}
-
-/// Jittered exponential backoff: up to 20 ms, 40 ms, 80 ms, … (capped at 1 s).
-async fn backoff(attempt: u32) {
-    let cap = (10u64 << attempt.min(7)).min(1000);
-    let ms = rand::rng().random_range(cap / 2..=cap);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// Reconciliation on touch (DESIGN §8): a pending id the object references was
@@ -591,7 +454,12 @@ async fn respond(
 
 /// `412`; under `Prefer: return=representation` with the current object, its `ETag` and
 /// `Content-Location` (RFC 8144 §3.2, RFC 8607 Appendix A).
-fn precondition_failed(state: &State, path: &str, object: &Object, prefer: bool) -> Response<Body> {
+pub(super) fn precondition_failed(
+    state: &State,
+    path: &str,
+    object: &Object,
+    prefer: bool,
+) -> Response<Body> {
     tracing::info!(%path, "client precondition failed (412)");
     super::object_response(
         state,

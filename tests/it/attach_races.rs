@@ -85,9 +85,9 @@ async fn unconditional_post_reapplies_its_edit_over_a_concurrent_put(env: &Env) 
     );
 }
 
-/// `commit_retries` is raised from the default 5: with 20 writers on one object, the
-/// last one may need about as many rounds as there are writers.
-const TWENTY_WRITERS: &str = "[attachments]\ncommit_retries = 40\n";
+/// `commit_deadline` is raised from the default 10 s: 20 writers on one slow test
+/// upstream, under load, may need longer.
+const TWENTY_WRITERS: &str = "[attachments]\ncommit_deadline = \"60s\"\n";
 
 /// Sends 20 unconditional adds to one event at once; returns the replies and the
 /// object afterwards.
@@ -168,7 +168,7 @@ async fn twenty_concurrent_adds_all_land_without_orphaned_blobs_radicale_s3() {
 /// The same 20 writers on Xandikos 0.4.10, which cannot take concurrent writes to one
 /// collection: it answers some of calattach's commit PUTs with `423 Locked` (its git
 /// repository lock) or `500`. calattach re-reads and re-applies on 423 as on 412 (within
-/// `commit_retries`); a 500, or a 423 that outlasts the retries, fails the add with the
+/// `commit_deadline`); a 500, or a 423 that outlasts the retries, fails the add with the
 /// upstream's status (relayed). What must hold is what calattach controls: every
 /// refusal left nothing, no ATTACH points at a missing blob, and the object holds only
 /// ids calattach answered 201 for (Xandikos may lose an acknowledged write; see below).
