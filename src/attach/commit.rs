@@ -85,7 +85,7 @@ pub struct Failure {
     /// `true`: the upstream certainly did not apply it (the blob may go); `false`: it
     /// may have (the blob stays pending).
     pub definite: bool,
-    pub answer: Answer,
+    pub answer: Box<Answer>,
 }
 
 /// A response that can be given to several clients.
@@ -235,14 +235,14 @@ async fn interrupted() -> Failure {
     tracing::warn!("commit interrupted: its leader went away; attachment kept pending");
     Failure {
         definite: false,
-        answer: Answer::of(Error::UpstreamUnavailable.into_response()).await,
+        answer: Box::new(Answer::of(Error::UpstreamUnavailable.into_response()).await),
     }
 }
 
 async fn definite(e: Error) -> Failure {
     Failure {
         definite: true,
-        answer: Answer::of(e.into_response()).await,
+        answer: Box::new(Answer::of(e.into_response()).await),
     }
 }
 
@@ -331,7 +331,7 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
             Err(e) => {
                 let f = Failure {
                     definite: false,
-                    answer: Answer::of(e.into_response()).await,
+                    answer: Box::new(Answer::of(e.into_response()).await),
                 };
                 break settle(own, Err(f)).await;
             }
@@ -352,7 +352,7 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
         // re-reading and re-applying is safe.
         if status != StatusCode::PRECONDITION_FAILED && status != StatusCode::LOCKED {
             tracing::info!(%path, status = status.as_u16(), "upstream refused the commit");
-            let answer = Answer::of(state.upstream.relay_response(resp)).await;
+            let answer = Box::new(Answer::of(state.upstream.relay_response(resp)).await);
             let f = Failure {
                 definite: true,
                 answer,
@@ -403,7 +403,7 @@ async fn settle(own: Vec<Option<Error>>, batch: Result<Committed, Failure>) -> V
 }
 
 async fn fail_all(members: &[Member], resp: Response<Body>, definite: bool) -> Vec<Outcome> {
-    let answer = Answer::of(resp).await;
+    let answer = Box::new(Answer::of(resp).await);
     members
         .iter()
         .map(|_| {
