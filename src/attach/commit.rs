@@ -349,8 +349,12 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
         }
         // 412: the object changed since it was read. 423: the upstream holds a lock
         // (Xandikos locks a collection while it writes). Not applied either way, so
-        // re-reading and re-applying is safe.
-        if status != StatusCode::PRECONDITION_FAILED && status != StatusCode::LOCKED {
+        // re-reading and re-applying is safe. 5xx: unknown (Xandikos answers 500 when
+        // two writes collide in its repository): the object is read back at once and
+        // tells — a change that is there was applied, one that is not can be re-applied
+        // (the PUT was conditional, so a second one cannot apply twice).
+        let retryable = status == StatusCode::PRECONDITION_FAILED || status == StatusCode::LOCKED;
+        if !retryable && !status.is_server_error() {
             tracing::info!(%path, status = status.as_u16(), "upstream refused the commit");
             let answer = Box::new(Answer::of(state.upstream.relay_response(resp)).await);
             let f = Failure {
@@ -359,7 +363,33 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
             };
             break settle(own, Err(f)).await;
         }
-        super::drain(resp).await;
+        let mut reread = None;
+        if status.is_server_error() {
+            let refusal = Answer::of(state.upstream.relay_response(resp)).await;
+            match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
+                Ok(Fetched::Object(o)) => {
+                    if let Some(cal) = applied(&members, &own, &o) {
+                        tracing::info!(%path, status = status.as_u16(), "commit answered with an error but applied");
+                        let committed = Committed {
+                            validators: o.validators.clone(),
+                            cal: Arc::new(cal),
+                        };
+                        break settle(own, Ok(committed)).await;
+                    }
+                    reread = Some(o);
+                }
+                // Cannot tell: the members stay pending, with the upstream's answer.
+                _ => {
+                    let f = Failure {
+                        definite: false,
+                        answer: Box::new(refusal),
+                    };
+                    break settle(own, Err(f)).await;
+                }
+            }
+        } else {
+            super::drain(resp).await;
+        }
         attempt += 1;
         crate::metrics::get().commit_retry();
         let pause = backoff(attempt);
@@ -370,19 +400,48 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
             ));
             break fail_all(&members, e.into_response(), true).await;
         }
-        tracing::warn!(%path, attempt, status = status.as_u16(), "commit not applied (412 on commit, or 423 locked), re-applying edit");
+        tracing::warn!(%path, attempt, status = status.as_u16(), "commit not applied (412, 423 or a server error), re-applying edit");
         tokio::time::sleep(pause).await;
-        object = match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await
-        {
-            Ok(Fetched::Object(o)) => o,
-            Ok(Fetched::Relay(resp)) => break fail_all(&members, resp, true).await,
-            Err(e) => break fail_all(&members, e.into_response(), true).await,
+        object = match reread {
+            Some(o) => o,
+            None => {
+                match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
+                    Ok(Fetched::Object(o)) => o,
+                    Ok(Fetched::Relay(resp)) => break fail_all(&members, resp, true).await,
+                    Err(e) => break fail_all(&members, e.into_response(), true).await,
+                }
+            }
         };
     };
     for (m, r) in members.into_iter().zip(results) {
         // A member whose client went away no longer listens; its blob stays pending.
         let _ = m.tx.send(r);
     }
+}
+
+/// Whether the object read back after an unclear answer holds the batch's changes: a new
+/// id of an add or update is there (ids are random: only this PUT can have written
+/// it), or — for a batch of removes only — every removed id is gone.
+fn applied(members: &[Member], own: &[Option<Error>], object: &Object) -> Option<Calendar> {
+    let cal = Calendar::parse(&object.bytes).ok()?;
+    let ids = cal.distinct_managed_ids();
+    let included = members
+        .iter()
+        .zip(own)
+        .filter(|(_, e)| e.is_none())
+        .map(|(m, _)| m);
+    let mut new_ids = included
+        .clone()
+        .filter_map(|m| m.change.attach.as_ref())
+        .peekable();
+    let done = if new_ids.peek().is_some() {
+        new_ids.all(|a| ids.contains(&a.managed_id))
+    } else {
+        included
+            .filter_map(|m| m.change.query.managed_id.as_ref())
+            .all(|id| !ids.contains(id))
+    };
+    done.then_some(cal)
 }
 
 /// The batch outcome for the members whose change applied; their own failure for the

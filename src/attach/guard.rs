@@ -648,18 +648,24 @@ async fn put_plain(
     }
 }
 
-/// Metadata and state of every id in `ids` calattach issued (bounded).
+/// Metadata and state of every id in `ids` calattach issued (bounded), read with a few
+/// store requests in flight at once (on S3 each read is a round trip).
 async fn lookup<'a>(
     state: &State,
     ids: impl Iterator<Item = &'a String>,
 ) -> Result<BTreeMap<String, (Meta, AttState)>, Error> {
+    const IN_FLIGHT: usize = 16;
+    let parsed: Vec<AttachmentId> = ids
+        .take(MAX_LOOKUPS)
+        .filter_map(|id| AttachmentId::parse(id))
+        .collect();
+    let mut reads = futures_util::stream::iter(parsed)
+        .map(|id| async move { state.store.state(&id).await.map(|found| (id, found)) })
+        .buffer_unordered(IN_FLIGHT);
     let mut out = BTreeMap::new();
-    for id in ids.take(MAX_LOOKUPS) {
-        let Some(parsed) = AttachmentId::parse(id) else {
-            continue;
-        };
-        if let Some(found) = state.store.state(&parsed).await.map_err(store_error)? {
-            out.insert(id.clone(), found);
+    while let Some(read) = reads.next().await {
+        if let (id, Some(found)) = read.map_err(store_error)? {
+            out.insert(id.as_str().to_owned(), found);
         }
     }
     Ok(out)
