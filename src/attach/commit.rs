@@ -364,6 +364,7 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
             break settle(own, Err(f)).await;
         }
         let mut reread = None;
+        let mut last_error: Option<Answer> = None;
         if status.is_server_error() {
             let refusal = Answer::of(state.upstream.relay_response(resp)).await;
             match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
@@ -377,6 +378,7 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
                         break settle(own, Ok(committed)).await;
                     }
                     reread = Some(o);
+                    last_error = Some(refusal);
                 }
                 // Cannot tell: the members stay pending, with the upstream's answer.
                 _ => {
@@ -394,6 +396,15 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
         crate::metrics::get().commit_retry();
         let pause = backoff(attempt);
         if tokio::time::Instant::now() + pause > deadline {
+            // An upstream that keeps failing is relayed as it answered (the read-back
+            // showed the change was not applied); one that keeps changing is a 409.
+            if let Some(answer) = last_error.take() {
+                let f = Failure {
+                    definite: true,
+                    answer: Box::new(answer),
+                };
+                break settle(own, Err(f)).await;
+            }
             let e = Error::Conflict(format!(
                 "{path} kept changing; gave up after {attempt} attempts in {:?} (attachments.commit_deadline)",
                 cfg.commit_deadline

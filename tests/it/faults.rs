@@ -666,11 +666,13 @@ async fn store_down_during_update_answers_503_and_keeps_the_old_attachment() {
 
 // === upstream refuses the commit ===
 
-/// The upstream answers the commit PUT of an add, an update and a remove with 500:
-/// each answer is that 500, the object is unchanged, the new blob of add and update
-/// is deleted at once, and the existing attachment stays live and downloadable.
+/// The upstream answers every commit PUT of an add, an update and a remove with 500
+/// (calattach reads the object back after each, sees the change was not applied and
+/// tries again until `commit_deadline`): each answer is that 500, the object is
+/// unchanged, the new blob of add and update is deleted at once, and the existing
+/// attachment stays live and downloadable.
 async fn upstream_500_on_commit_changes_nothing(backend: Backend) {
-    let mut lab = Lab::start(backend, "").await;
+    let mut lab = Lab::start(backend, "[attachments]\ncommit_deadline = \"1s\"\n").await;
     let href = lab.new_event("Refused").await;
     let keep = File::new("keep.txt", 1500);
     let id = add_ok(&lab, &href, &keep).await;
@@ -682,11 +684,15 @@ async fn upstream_500_on_commit_changes_nothing(backend: Backend) {
         format!("action=attachment-remove&managed-id={id}"),
     ] {
         let mut trigger = lab.upstream_fp.on(&commit_put(&href), Action::Respond(500));
+        for _ in 0..40 {
+            let _ = lab.upstream_fp.on(&commit_put(&href), Action::Respond(500));
+        }
         let reply = lab
             .upload(&href, &query, &new.name, &new.bytes)
             .send_with_timeout(Duration::from_secs(30))
             .await;
         trigger.passed(Duration::from_secs(5)).await;
+        lab.upstream_fp.clear_rules();
         assert_eq!(reply.status, 500, "{query}: {reply:?}\n{}", lab.stderr());
         assert_eq!(reply.header("cal-managed-id"), None, "{query}: {reply:?}");
         let after = lab.upstream_object(&href).await;

@@ -215,6 +215,11 @@ impl FaultProxy {
         }
     }
 
+    /// Disarms every rule not yet matched.
+    pub fn clear_rules(&self) {
+        self.shared.rules.lock().unwrap().clear();
+    }
+
     /// How many connections the proxy has accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared
