@@ -359,6 +359,13 @@ impl StoreError {
                 source: Some(source),
             };
         }
+        // An S3 request that still fails after the client's retries (a 5xx, a
+        // throttling answer) is the store being unwell, not calattach: a client may try
+        // again later (503). object_store reports those as `Generic` from its S3 store;
+        // not-found, precondition and permission errors have variants of their own.
+        if let object_store::Error::Generic { store: "S3", .. } = &source {
+            return StoreError::Unavailable { source };
+        }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
         while let Some(err) = cause {
             if let Some(http) = err.downcast_ref::<object_store::client::HttpError>() {

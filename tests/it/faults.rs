@@ -664,6 +664,37 @@ async fn store_down_during_update_answers_503_and_keeps_the_old_attachment() {
     assert_eq!(ids, BTreeSet::from([id]));
 }
 
+/// S3 answers every write with 500 (after object_store's own retries): the add is a 503
+/// with Retry-After, not a 500 — the client may try again — and the object is untouched
+/// with nothing left in the bucket. Once S3 is well, the same add succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_that_outlast_the_retries_answer_503() {
+    let mut lab = Lab::start(Backend::S3, "").await;
+    let href = lab.new_event("S3 unwell").await;
+    let before = lab.upstream_object(&href).await;
+    let file = File::new("f.txt", 1200);
+    let s3 = lab.s3_fp.as_ref().expect("s3 proxy");
+    for _ in 0..30 {
+        let _ = s3.on("PUT ", Action::Respond(500));
+    }
+    let reply = lab
+        .upload(&href, "action=attachment-add", &file.name, &file.bytes)
+        .send_with_timeout(Duration::from_secs(60))
+        .await;
+    s3.clear_rules();
+    assert_eq!(reply.status, 503, "{reply:?}\n{}", lab.stderr());
+    assert!(reply.header("retry-after").is_some(), "{reply:?}");
+    assert_eq!(
+        lab.upstream_object(&href).await.body,
+        before.body,
+        "the object changed"
+    );
+    assert_eq!(lab.blob_ids(), BTreeSet::new(), "keys: {:?}", lab.keys());
+    let id = add_ok(&lab, &href, &file).await;
+    let (ids, _) = recover_and_check(&mut lab, &href, &[&file]).await;
+    assert_eq!(ids, BTreeSet::from([id]));
+}
+
 // === upstream refuses the commit ===
 
 /// The upstream answers every commit PUT of an add, an update and a remove with 500
