@@ -134,6 +134,9 @@ type Outcome = Result<Committed, Failure>;
 struct Member {
     /// Changes with equal keys may share a `PUT`; `None` commits alone.
     key: Option<Vec<u8>>,
+    /// The slot's commit count when this change queued: a commit since then makes its
+    /// pre-read object certainly stale.
+    seen: u64,
     change: Change,
     tx: oneshot::Sender<Outcome>,
 }
@@ -142,6 +145,8 @@ struct Member {
 struct Slot {
     lock: tokio::sync::Mutex<()>,
     queue: std::sync::Mutex<Vec<Member>>,
+    /// Commits made through this slot (only changed under `lock`).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// The per-object commit queues of one process.
@@ -160,7 +165,13 @@ impl Commits {
             slots.entry(path.to_owned()).or_default().clone()
         };
         let (tx, mut rx) = oneshot::channel();
-        lock(&slot.queue).push(Member { key, change, tx });
+        let seen = slot.commits.load(std::sync::atomic::Ordering::Acquire);
+        lock(&slot.queue).push(Member {
+            key,
+            seen,
+            change,
+            tx,
+        });
         let outcome = {
             let _turn = slot.lock.lock().await;
             loop {
@@ -174,7 +185,7 @@ impl Commits {
                     // Unreachable while our own change waits; never spin.
                     break Err(interrupted().await);
                 }
-                run_batch(state, path, batch).await;
+                run_batch(state, path, &slot, batch).await;
             }
         };
         // Forget the slot once nobody uses it (the map's reference and ours remain).
@@ -249,12 +260,30 @@ async fn definite(e: Error) -> Failure {
 /// Applies every member's change in order and commits them with one conditional `PUT`,
 /// re-reading and re-applying on `412`/`423` until the deadline. Every member gets its
 /// answer through its channel.
-async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
+async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>) {
+    use std::sync::atomic::Ordering;
     let cfg = &state.config.attachments;
     let deadline = tokio::time::Instant::now() + cfg.commit_deadline;
     let lead = &members[0].change;
     let alone = members[0].key.is_none();
-    let mut object = lead.object.clone();
+    // The lead's own read is the first guess, unless a commit through this slot
+    // happened since it queued (then it is certainly stale: read again, rather than
+    // lose a round trip to a 412).
+    let mut object = if members[0].seen == slot.commits.load(Ordering::Acquire) {
+        lead.object.clone()
+    } else {
+        match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
+            Ok(Fetched::Object(o)) => o,
+            Ok(Fetched::Relay(resp)) => {
+                let results = fail_all(&members, resp, true).await;
+                return answer(members, results);
+            }
+            Err(e) => {
+                let results = fail_all(&members, e.into_response(), true).await;
+                return answer(members, results);
+            }
+        }
+    };
     let mut attempt = 0u32;
     let results: Vec<Outcome> = loop {
         if alone && !conditional::preconditions_hold(&lead.headers, &object.validators) {
@@ -344,6 +373,7 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
                 validators,
                 cal: Arc::new(current),
             };
+            slot.commits.fetch_add(1, Ordering::AcqRel);
             tracing::debug!(%path, changes = members.len(), "batch committed");
             break settle(own, Ok(committed)).await;
         }
@@ -370,6 +400,7 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
             match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
                 Ok(Fetched::Object(o)) => {
                     if let Some(cal) = applied(&members, &own, &o) {
+                        slot.commits.fetch_add(1, Ordering::AcqRel);
                         tracing::info!(%path, status = status.as_u16(), "commit answered with an error but applied");
                         let committed = Committed {
                             validators: o.validators.clone(),
@@ -424,6 +455,10 @@ async fn run_batch(state: &State, path: &str, members: Vec<Member>) {
             }
         };
     };
+    answer(members, results);
+}
+
+fn answer(members: Vec<Member>, results: Vec<Outcome>) {
     for (m, r) in members.into_iter().zip(results) {
         // A member whose client went away no longer listens; its blob stays pending.
         let _ = m.tx.send(r);
