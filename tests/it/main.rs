@@ -25,3 +25,4 @@ mod servers;
 mod streaming;
 mod transparency;
 mod upstream_pool;
+mod webpage;
