@@ -417,7 +417,7 @@
     for (const home of homes) calendars = calendars.concat(await findCalendars(home));
     state.calendars = calendars;
     const select = $('calendar');
-    select.replaceChildren(...calendars.map((c, i) => el('option', { value: String(i), text: c.name })));
+    select.replaceChildren(...calendars.map((c, i) => el('option', { value: String(i), 'data-href': c.href, text: c.name })));
     $('calendar-section').hidden = false;
     if (!calendars.length) {
       setStatus('No calendars with events were found in your calendar home.', true);

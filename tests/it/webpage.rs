@@ -193,6 +193,22 @@ fn names(attaches: &[(String, String, String)]) -> Vec<&str> {
     attaches.iter().map(|a| a.0.as_str()).collect()
 }
 
+/// Sets the calendar's `DAV:displayname` (directly on the upstream).
+async fn name_calendar(up: &Upstream, path: &str, name: &str) {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><D:propertyupdate xmlns:D=\"DAV:\">\
+         <D:set><D:prop><D:displayname>{name}</D:displayname></D:prop></D:set></D:propertyupdate>"
+    );
+    let reply = Client::new()
+        .request("PROPPATCH", &up.url(path))
+        .basic(USER, up.password(USER))
+        .header("Content-Type", "application/xml; charset=utf-8")
+        .body(body)
+        .send()
+        .await;
+    assert_eq!(reply.status.as_u16(), 207, "PROPPATCH {path}: {reply:?}");
+}
+
 /// A date a year from now, as an iCalendar UTC date-time: always "upcoming".
 fn next_year() -> String {
     let t = chrono::Utc::now() + chrono::Duration::days(365);
@@ -207,12 +223,7 @@ async fn web_page_signs_in_uploads_downloads_replaces_and_removes_in_chromium() 
     let up = Upstream::radicale();
     let proxy = Calattach::start(up, Storage::Local, "");
     let calendar = up.new_calendar(USER, "web").await;
-    let calendar_name = calendar
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    name_calendar(up, &calendar, "Team").await;
     let href = format!("{calendar}{}.ics", crate::harness::unique("ev"));
     let summary = "Project kick-off";
     up.put_event(
@@ -246,6 +257,9 @@ async fn web_page_signs_in_uploads_downloads_replaces_and_removes_in_chromium() 
         std::fs::write(files.path().join(name), bytes).expect("write file");
     }
     let d = &browser.driver;
+    if std::env::var_os("WEBPAGE_SCREENSHOTS").is_some() {
+        d.set_window_size(1000, 1100).await.expect("resize");
+    }
 
     // Sign-in: the browser answers the upstream's Basic challenge with the credentials
     // of the first URL (as after a password prompt) and reuses them, for the same realm,
@@ -262,26 +276,20 @@ async fn web_page_signs_in_uploads_downloads_replaces_and_removes_in_chromium() 
     d.goto(&format!("{origin}/.attachments/"))
         .await
         .expect("open the page");
-    let label = browser
+    let value = browser
         .until(
             "the calendar list",
             &format!(
-                "(Array.from(document.querySelectorAll('#calendar option')).find(o => o.textContent.endsWith('{calendar_name}')) || {{}}).textContent"
+                "(document.querySelector('#calendar option[data-href=\"{calendar}\"]') || {{}}).value"
             ),
         )
         .await;
-    let label = label.as_str().unwrap().to_string();
-    let account = browser
-        .js("return document.getElementById('account').textContent")
-        .await;
-    assert!(
-        account.as_str().unwrap_or_default().contains(USER),
-        "{account}"
-    );
+    let account = browser.js("return document.getElementById('account').textContent").await;
+    assert_eq!(account, json!(format!("Signed in as {USER}")));
     browser
         .css("#calendar")
         .await
-        .select_by_label(&label)
+        .select_by_value(value.as_str().unwrap())
         .await
         .expect("choose the calendar");
     browser
@@ -376,6 +384,9 @@ async fn web_page_signs_in_uploads_downloads_replaces_and_removes_in_chromium() 
         listed.to_string().contains("195 KiB · application/pdf"),
         "{listed}"
     );
+    browser
+        .js("document.getElementById('event-section').scrollIntoView(); return null")
+        .await;
     browser.shot("event").await;
 
     // Download: the link, clicked, saves the same bytes.
