@@ -20,7 +20,7 @@
     event: null, // {href, etag, text, cal}
     occurrences: null, // Map rid -> instance component (from an expand REPORT)
     rid: '',
-    busy: 0,
+    searches: 0,
   };
 
   class SignInError extends Error {}
@@ -444,7 +444,10 @@
     const q = $('q').value.trim();
     const from = startOf($('from').value);
     setStatus('Searching…');
+    // Only the latest search may fill the list (a calendar change starts another).
+    const mine = ++state.searches;
     const found = await queryEvents(state.calendar, q, from);
+    if (mine !== state.searches) return;
     const list = $('events');
     list.replaceChildren(...found.map((ev) => {
       const details = [formatWhen(ev.start)];

@@ -261,37 +261,13 @@ async fn web_page_signs_in_uploads_downloads_replaces_and_removes_in_chromium() 
         d.set_window_size(1000, 1100).await.expect("resize");
     }
 
-    // Sign-in: the browser answers the upstream's Basic challenge with the credentials
-    // of the first URL (as after a password prompt) and reuses them, for the same realm,
-    // on the page's own requests; the page itself never handles the password.
-    let origin = proxy.origin();
-    let with_credentials = origin.replacen(
-        "http://",
-        &format!("http://{USER}:{}@", up.password(USER)),
-        1,
-    );
-    d.goto(&format!("{with_credentials}/{USER}/"))
-        .await
-        .expect("open the calendar home with credentials");
-    d.goto(&format!("{origin}/.attachments/"))
-        .await
-        .expect("open the page");
-    let value = browser
-        .until(
-            "the calendar list",
-            &format!(
-                "(document.querySelector('#calendar option[data-href=\"{calendar}\"]') || {{}}).value"
-            ),
-        )
+    // Sign-in: the browser answers the upstream's Basic challenge (relayed by the
+    // page's first PROPFIND); the page itself never handles the password.
+    sign_in_and_choose(&browser, up, &proxy, &calendar).await;
+    let account = browser
+        .js("return document.getElementById('account').textContent")
         .await;
-    let account = browser.js("return document.getElementById('account').textContent").await;
     assert_eq!(account, json!(format!("Signed in as {USER}")));
-    browser
-        .css("#calendar")
-        .await
-        .select_by_value(value.as_str().unwrap())
-        .await
-        .expect("choose the calendar");
     browser
         .until(
             "both events in the list",
@@ -470,4 +446,319 @@ async fn web_page_signs_in_uploads_downloads_replaces_and_removes_in_chromium() 
         browser.shot("phone").await;
     }
     browser.close().await;
+}
+
+/// Signs in as the browser would after a password prompt: the upstream's challenge on
+/// a first request is answered with the URL's credentials, which the browser then
+/// reuses for the realm. Then opens the page and chooses `calendar`.
+async fn sign_in_and_choose(browser: &Browser, up: &Upstream, proxy: &Calattach, calendar: &str) {
+    let origin = proxy.origin();
+    let with_credentials = origin.replacen(
+        "http://",
+        &format!("http://{USER}:{}@", up.password(USER)),
+        1,
+    );
+    let d = &browser.driver;
+    d.goto(&format!("{with_credentials}/{USER}/"))
+        .await
+        .expect("open the calendar home with credentials");
+    d.goto(&format!("{origin}/.attachments/"))
+        .await
+        .expect("open the page");
+    let value = browser
+        .until(
+            "the calendar list",
+            &format!(
+                "(document.querySelector('#calendar option[data-href=\"{calendar}\"]') || {{}}).value"
+            ),
+        )
+        .await;
+    browser
+        .css("#calendar")
+        .await
+        .select_by_value(value.as_str().unwrap())
+        .await
+        .expect("choose the calendar");
+}
+
+/// Opens the one event whose title is `title` (after the calendar's events loaded).
+async fn open_event(browser: &Browser, title: &str) {
+    browser
+        .until(
+            "the event in the list",
+            &format!(
+                "Array.from(document.querySelectorAll('#events .title')).some(t => t.textContent === '{title}')"
+            ),
+        )
+        .await;
+    browser
+        .js(&format!(
+            "Array.from(document.querySelectorAll('#events button')).find(b => b.querySelector('.title').textContent === '{title}').click(); return null"
+        ))
+        .await;
+    browser
+        .until(
+            "the event",
+            &format!("document.getElementById('event-title').textContent === '{title}' && !document.getElementById('event-section').hidden"),
+        )
+        .await;
+}
+
+async fn upstream_ics(up: &Upstream, href: &str) -> (String, String) {
+    let reply = Client::new()
+        .request("GET", &up.url(href))
+        .basic(USER, up.password(USER))
+        .send()
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "GET {href}: {reply:?}");
+    let etag = reply.header("etag").unwrap_or_default().to_string();
+    (reply.text(), etag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_page_attaches_to_one_occurrence_and_explains_refusals_in_chromium() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let up = Upstream::radicale();
+    let proxy = Calattach::start(
+        up,
+        Storage::Local,
+        "[attachments]\nmax_attachment_size = \"1KiB\"\n",
+    );
+    let calendar = up.new_calendar(USER, "web").await;
+
+    let href = format!("{calendar}{}.ics", crate::harness::unique("ev"));
+    let start = chrono::Utc::now() + chrono::Duration::days(7);
+    let dtstart = start.format("%Y%m%dT090000Z").to_string();
+    let second = (start + chrono::Duration::days(7))
+        .format("%Y%m%dT090000Z")
+        .to_string();
+    let ics = crate::transparency::event(&crate::harness::unique("uid"), "Weekly review", &dtstart)
+        .replace(
+            "DURATION:PT1H\r\n",
+            "DURATION:PT1H\r\nRRULE:FREQ=WEEKLY;COUNT=4\r\n",
+        );
+    up.put_event(USER, &href, &ics).await;
+
+    sign_in_and_choose(&browser, up, &proxy, &calendar).await;
+    open_event(&browser, "Weekly review").await;
+    browser
+        .until(
+            "the occurrence choice",
+            "!document.getElementById('occurrence-row').hidden && document.querySelectorAll('#occurrence option').length === 5",
+        )
+        .await;
+    browser
+        .css("#occurrence")
+        .await
+        .select_by_value(&second)
+        .await
+        .expect("choose the second occurrence");
+
+    let files = tempfile::tempdir().expect("tempdir");
+    std::fs::write(files.path().join("slides.txt"), b"slides for one week\n").expect("write");
+    std::fs::write(files.path().join("video.bin"), vec![7u8; 4096]).expect("write");
+    browser
+        .css("#add-files")
+        .await
+        .send_keys(&format!(
+            "{}\n{}",
+            files.path().join("slides.txt").display(),
+            files.path().join("video.bin").display()
+        ))
+        .await
+        .expect("pick two files");
+    browser
+        .until(
+            "both uploads settled",
+            "Array.from(document.querySelectorAll('#uploads li')).every(l => l.dataset.state === 'done' || l.dataset.state === 'error') && document.querySelectorAll('#uploads li').length === 2",
+        )
+        .await;
+    let rows = browser
+        .js("return Array.from(document.querySelectorAll('#uploads li')).map(l => [l.dataset.filename, l.dataset.state, l.querySelector('.msg').textContent])")
+        .await;
+    assert_eq!(rows[0][1], json!("done"), "{rows}");
+    assert_eq!(
+        rows[1],
+        json!([
+            "video.bin",
+            "error",
+            "not added: the file is too large for this server (at most 1.0 KiB)"
+        ]),
+        "{rows}"
+    );
+    // Upstream: the occurrence got an override holding the attachment; the series none.
+    let (ics, _) = upstream_ics(up, &href).await;
+    let events = crate::attach::vevents(&ics);
+    assert!(master(&ics).attaches().is_empty(), "{ics}");
+    let instance = events
+        .iter()
+        .find(|c| c.rid().is_some_and(|r| r.contains(&second[..8])))
+        .unwrap_or_else(|| panic!("no override for {second}:\n{ics}"));
+    let names: Vec<&str> = instance
+        .attaches()
+        .iter()
+        .filter_map(|p| p.param("FILENAME"))
+        .collect();
+    assert_eq!(names, ["slides.txt"], "{ics}");
+    browser
+        .until(
+            "the occurrence's attachment",
+            "document.querySelectorAll('#attachments li').length === 1",
+        )
+        .await;
+    // The series itself shows none.
+    browser
+        .css("#occurrence")
+        .await
+        .select_by_value("")
+        .await
+        .expect("choose all occurrences");
+    browser
+        .until(
+            "no attachment on the series",
+            "document.querySelectorAll('#attachments li').length === 0 && !document.getElementById('no-attachments').hidden",
+        )
+        .await;
+
+    // Changed elsewhere meanwhile: a remove with the page's (now stale) ETag is refused
+    // with 412, explained, and the event reloaded.
+    browser
+        .css("#occurrence")
+        .await
+        .select_by_value(&second)
+        .await
+        .expect("choose the second occurrence");
+    let (ics, etag) = upstream_ics(up, &href).await;
+    let edited = ics.replacen("SUMMARY:Weekly review", "SUMMARY:Weekly review (moved)", 1);
+    let reply = Client::new()
+        .request("PUT", &up.url(&href))
+        .basic(USER, up.password(USER))
+        .header("Content-Type", "text/calendar; charset=utf-8")
+        .header("If-Match", etag)
+        .body(edited)
+        .send()
+        .await;
+    assert!(reply.status.is_success(), "{reply:?}");
+    browser
+        .css("#attachments li[data-filename='slides.txt'] button.remove")
+        .await
+        .click()
+        .await
+        .expect("remove");
+    browser
+        .until(
+            "the confirmation",
+            "document.getElementById('confirm').open",
+        )
+        .await;
+    browser
+        .css("#confirm-ok")
+        .await
+        .click()
+        .await
+        .expect("confirm");
+    browser
+        .until(
+            "the explanation",
+            "document.getElementById('status').textContent.includes('changed elsewhere meanwhile')",
+        )
+        .await;
+    browser
+        .until(
+            "the reloaded event",
+            "document.getElementById('event-title').textContent === 'Weekly review (moved)'",
+        )
+        .await;
+    let (ics, _) = upstream_ics(up, &href).await;
+    assert!(
+        ics.contains("FILENAME=slides.txt"),
+        "the refused remove changed nothing:\n{ics}"
+    );
+    browser.close().await;
+}
+
+/// The page's own responses, over plain HTTP: the policy headers, revalidation, the
+/// redirect to the slash, unknown assets, and `web_page = false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_page_is_served_with_a_strict_policy_and_can_be_turned_off() {
+    let up = Upstream::radicale();
+    let proxy = Calattach::start(up, Storage::Local, "");
+    let http = Client::new();
+    let page = http
+        .request("GET", &proxy.url("/.attachments/"))
+        .send()
+        .await;
+    assert_eq!(page.status.as_u16(), 200, "{page:?}");
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+        )
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    let text = page.text();
+    assert!(text.contains("<script src=\"_/app.js\" defer>"), "{text}");
+    assert!(
+        !text.contains("http://") && !text.contains("https://"),
+        "nothing from elsewhere"
+    );
+
+    let js = http
+        .request("GET", &proxy.url("/.attachments/_/app.js"))
+        .send()
+        .await;
+    assert_eq!(js.status.as_u16(), 200);
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let etag = js.header("etag").expect("etag").to_string();
+    let again = http
+        .request("GET", &proxy.url("/.attachments/_/app.js"))
+        .header("If-None-Match", etag.clone())
+        .send()
+        .await;
+    assert_eq!(again.status.as_u16(), 304);
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    let css = http
+        .request("HEAD", &proxy.url("/.attachments/_/app.css"))
+        .send()
+        .await;
+    assert_eq!(css.status.as_u16(), 200);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+
+    let bare = http
+        .request("GET", &proxy.url("/.attachments"))
+        .send()
+        .await;
+    assert_eq!(bare.status.as_u16(), 301);
+    assert_eq!(bare.header("location"), Some("/.attachments/"));
+    let unknown = http
+        .request("GET", &proxy.url("/.attachments/_/nope.js"))
+        .send()
+        .await;
+    assert_eq!(unknown.status.as_u16(), 404);
+    let post = http
+        .request("POST", &proxy.url("/.attachments/"))
+        .send()
+        .await;
+    assert_eq!(post.status.as_u16(), 405);
+
+    let off = Calattach::start(up, Storage::Local, "[attachments]\nweb_page = false\n");
+    let page = http.request("GET", &off.url("/.attachments/")).send().await;
+    assert_eq!(page.status.as_u16(), 401, "a download path again: {page:?}");
+    let page = http
+        .request("GET", &off.url("/.attachments/_/app.js"))
+        .basic(USER, up.password(USER))
+        .send()
+        .await;
+    assert_eq!(page.status.as_u16(), 404, "{page:?}");
 }
