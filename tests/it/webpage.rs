@@ -542,9 +542,24 @@ async fn web_page_attaches_to_one_occurrence_and_explains_refusals_in_chromium()
     let proxy = Calattach::start(
         up,
         Storage::Local,
-        "[attachments]\nmax_attachment_size = \"1KiB\"\n",
+        "[attachments]\nmax_attachment_size = \"1KiB\"\nmax_attachments_per_resource = 1\n\
+         [identity]\naddress_template = \"mailto:{user}@example.org\"\n",
     );
     let calendar = up.new_calendar(USER, "web").await;
+    // An invitation from user1, as it lands in user3's calendar: the attendee's copy.
+    let invitation = format!("{calendar}{}.ics", crate::harness::unique("ev"));
+    let later = (chrono::Utc::now() + chrono::Duration::days(60))
+        .format("%Y%m%dT090000Z")
+        .to_string();
+    let ics = crate::transparency::event(&crate::harness::unique("uid"), "Invitation", &later)
+        .replace(
+            "DURATION:PT1H\r\n",
+            &format!(
+                "DURATION:PT1H\r\nORGANIZER:mailto:user1@example.org\r\n\
+                 ATTENDEE;PARTSTAT=ACCEPTED:mailto:{USER}@example.org\r\n"
+            ),
+        );
+    up.put_event(USER, &invitation, &ics).await;
 
     let href = format!("{calendar}{}.ics", crate::harness::unique("ev"));
     let start = chrono::Utc::now() + chrono::Duration::days(7);
@@ -577,20 +592,22 @@ async fn web_page_attaches_to_one_occurrence_and_explains_refusals_in_chromium()
     let files = tempfile::tempdir().expect("tempdir");
     std::fs::write(files.path().join("slides.txt"), b"slides for one week\n").expect("write");
     std::fs::write(files.path().join("video.bin"), vec![7u8; 4096]).expect("write");
+    std::fs::write(files.path().join("extra.txt"), b"one too many\n").expect("write");
     browser
         .css("#add-files")
         .await
         .send_keys(&format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             files.path().join("slides.txt").display(),
-            files.path().join("video.bin").display()
+            files.path().join("video.bin").display(),
+            files.path().join("extra.txt").display()
         ))
         .await
-        .expect("pick two files");
+        .expect("pick three files");
     browser
         .until(
-            "both uploads settled",
-            "Array.from(document.querySelectorAll('#uploads li')).every(l => l.dataset.state === 'done' || l.dataset.state === 'error') && document.querySelectorAll('#uploads li').length === 2",
+            "all uploads settled",
+            "Array.from(document.querySelectorAll('#uploads li')).every(l => l.dataset.state === 'done' || l.dataset.state === 'error') && document.querySelectorAll('#uploads li').length === 3",
         )
         .await;
     let rows = browser
@@ -603,6 +620,15 @@ async fn web_page_attaches_to_one_occurrence_and_explains_refusals_in_chromium()
             "video.bin",
             "error",
             "not added: the file is too large for this server (at most 1.0 KiB)"
+        ]),
+        "{rows}"
+    );
+    assert_eq!(
+        rows[2],
+        json!([
+            "extra.txt",
+            "error",
+            "not added: this event already has the most attachments allowed (1)"
         ]),
         "{rows}"
     );
@@ -694,6 +720,29 @@ async fn web_page_attaches_to_one_occurrence_and_explains_refusals_in_chromium()
         ics.contains("FILENAME=slides.txt"),
         "the refused remove changed nothing:\n{ics}"
     );
+
+    // The attendee's copy: the page says only the organizer may add.
+    open_event(&browser, "Invitation").await;
+    browser
+        .css("#add-files")
+        .await
+        .send_keys(&files.path().join("slides.txt").display().to_string())
+        .await
+        .expect("pick a file");
+    let row = browser
+        .until(
+            "the refusal",
+            "(Array.from(document.querySelectorAll('#uploads li')).find(l => l.dataset.state === 'error') || {}).textContent",
+        )
+        .await;
+    assert!(
+        row.as_str().unwrap().contains(
+            "this is your copy of someone else's invitation: only the organizer can add attachments"
+        ),
+        "{row}"
+    );
+    let (ics, _) = upstream_ics(up, &invitation).await;
+    assert!(!ics.contains("ATTACH"), "{ics}");
     browser.close().await;
 }
 
