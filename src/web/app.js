@@ -13,6 +13,8 @@
   const $ = (id) => document.getElementById(id);
   // The page's own path without its trailing slash is the attachment prefix.
   const PREFIX = location.pathname.replace(/\/+$/, '');
+  // Events listed at once; a search narrows a long calendar down.
+  const MAX_LISTED = 200;
 
   const state = {
     calendars: [],
@@ -449,7 +451,8 @@
     const found = await queryEvents(state.calendar, q, from);
     if (mine !== state.searches) return;
     const list = $('events');
-    list.replaceChildren(...found.map((ev) => {
+    const shown = found.slice(0, MAX_LISTED);
+    list.replaceChildren(...shown.map((ev) => {
       const details = [formatWhen(ev.start)];
       if (ev.recurring) details.push('repeats');
       if (ev.count) details.push(ev.count === 1 ? '1 attachment' : `${ev.count} attachments`);
@@ -461,9 +464,14 @@
       el('span', { class: 'when', text: details.join(' · ') }));
       return el('li', {}, button);
     }));
-    $('events-note').textContent = found.length
-      ? `${found.length} event${found.length === 1 ? '' : 's'} from ${from.toLocaleDateString()}${q ? ` matching “${q}”` : ''}, earliest first.`
-      : `No events from ${from.toLocaleDateString()}${q ? ` matching “${q}”` : ''}.`;
+    const what = `from ${from.toLocaleDateString()}${q ? ` matching “${q}”` : ''}`;
+    let note = `No events ${what}.`;
+    if (found.length > shown.length) {
+      note = `The first ${shown.length} of ${found.length} events ${what}, earliest first; search to narrow them down.`;
+    } else if (found.length) {
+      note = `${found.length} event${found.length === 1 ? '' : 's'} ${what}, earliest first.`;
+    }
+    $('events-note').textContent = note;
     setStatus('');
     markCurrent();
   }
@@ -825,7 +833,7 @@
   async function removeAttachment(a) {
     const name = a.filename || 'this attachment';
     const scope = state.rid ? ` from the occurrence of ${formatRid(state.rid)}` : '';
-    if (!(await confirmDialog(`Remove “${name}”${scope}?`))) return;
+    if (!(await confirmDialog(`Remove “${name}”${scope}? Its download link stops working.`))) return;
     const rid = state.rid;
     await (queue = queue.then(async () => {
       setStatus(`Removing ${name}…`);
@@ -833,6 +841,8 @@
       if (reply.status >= 200 && reply.status < 300) {
         await applyReply(reply);
         setStatus(`Removed ${name}.`);
+        // The row and its button are gone: keep the keyboard focus in the event.
+        $('attachments-heading').focus();
       } else {
         setStatus(`${name} was not removed: ${explain(reply, 'remove')}.`, true);
         await afterFailure(reply);

@@ -429,13 +429,35 @@ async fn round_trip(up: &'static Upstream) {
     assert_ne!(upstream[1].1, old_id, "the update issues a new managed id");
     assert_eq!(upstream[1].2, minutes.len().to_string());
 
-    // Remove agenda.pdf, after the confirmation.
+    // Remove agenda.pdf, after the confirmation. Escape on the dialog (focus starts
+    // on Cancel) removes nothing.
+    let remove = "#attachments li[data-filename='agenda.pdf'] button.remove";
+    browser.css(remove).await.click().await.expect("remove");
     browser
-        .css("#attachments li[data-filename='agenda.pdf'] button.remove")
+        .until(
+            "the confirmation with the focus on Cancel",
+            "document.getElementById('confirm').open && document.activeElement.id === 'confirm-cancel'",
+        )
+        .await;
+    d.active_element()
         .await
-        .click()
+        .expect("focused element")
+        .send_keys("\u{E00C}")
         .await
-        .expect("remove");
+        .expect("press Escape");
+    browser
+        .until(
+            "the dialog closed",
+            "!document.getElementById('confirm').open",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        names(&upstream_attaches(up, &href).await),
+        ["agenda.pdf", "minutes.txt"],
+        "cancelled"
+    );
+    browser.css(remove).await.click().await.expect("remove");
     browser
         .until(
             "the confirmation",
@@ -461,6 +483,9 @@ async fn round_trip(up: &'static Upstream) {
     // Phone width: the same page in one column.
     if std::env::var_os("WEBPAGE_SCREENSHOTS").is_some() {
         d.set_window_size(390, 844).await.expect("resize");
+        browser
+            .js("document.getElementById('event-title').scrollIntoView(); return null")
+            .await;
         browser.shot("phone").await;
     }
     browser.close().await;
