@@ -548,10 +548,14 @@
     } catch (e) {
       if (e instanceof SignInError) throw e;
     }
-    // Overridden instances are occurrences too, whether or not the expansion listed them.
-    for (const ev of events(cal)) {
-      const rid = prop(ev, 'RECURRENCE-ID');
-      if (rid && !occurrences.has(rid.value.trim())) occurrences.set(rid.value.trim(), ev);
+    // Without an expansion (a server without expand, or nothing upcoming), the
+    // overridden instances are still occurrences to choose. (With one, they are in it,
+    // in UTC; their own RECURRENCE-ID text may differ, e.g. TZID-local.)
+    if (!occurrences.size) {
+      for (const ev of events(cal)) {
+        const rid = prop(ev, 'RECURRENCE-ID');
+        if (rid) occurrences.set(rid.value.trim(), ev);
+      }
     }
     state.occurrences = occurrences;
     if (state.rid && !occurrences.has(state.rid)) state.rid = '';
