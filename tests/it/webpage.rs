@@ -68,6 +68,7 @@ impl Browser {
         chromedriver.wait_ready(Duration::from_secs(20), || port_open(port));
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
@@ -161,8 +162,65 @@ impl Browser {
         std::fs::write(dir.join(format!("webpage-{name}.png")), png).expect("write screenshot");
     }
 
+    /// The browser console's messages so far (chromedriver's log endpoint).
+    async fn console(&self) -> Vec<String> {
+        let entries = self
+            .driver
+            .issue_cmd(ConsoleLog)
+            .await
+            .expect("read the browser log");
+        entries
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every console message the page's policy caused, and every resource it loaded
+    /// from another origin: both must be empty.
+    async fn assert_policy_kept(&self) {
+        let refused: Vec<String> = self
+            .console()
+            .await
+            .into_iter()
+            .filter(|m| m.contains("Content Security Policy") || m.contains("Refused to"))
+            .collect();
+        assert!(refused.is_empty(), "policy violations: {refused:?}");
+        let foreign = self
+            .js("return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith(location.origin + '/'))")
+            .await;
+        assert_eq!(foreign, json!([]), "requests to other origins");
+    }
+
     async fn close(self) {
         let _ = self.driver.close().await;
+    }
+}
+
+/// chromedriver's `POST /session/{id}/se/log` for the `browser` log.
+#[derive(Debug)]
+struct ConsoleLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(r#"{"type":"browser"}"#.to_string()),
+        )
     }
 }
 
@@ -488,6 +546,7 @@ async fn round_trip(up: &'static Upstream) {
             .await;
         browser.shot("phone").await;
     }
+    browser.assert_policy_kept().await;
     browser.close().await;
 }
 
@@ -768,6 +827,7 @@ async fn web_page_attaches_to_one_occurrence_and_explains_refusals_in_chromium()
     );
     let (ics, _) = upstream_ics(up, &invitation).await;
     assert!(!ics.contains("ATTACH"), "{ics}");
+    browser.assert_policy_kept().await;
     browser.close().await;
 }
 
