@@ -1,8 +1,10 @@
 //! The attachment web page (src/web) in real headless Chromium, driven through
-//! WebDriver (Debian's `chromium` and `chromium-driver`), against calattach in front of
-//! Radicale (and Xandikos): sign in through the upstream's Basic challenge, pick the calendar and an
-//! event, upload two files, download one, replace one, remove one — with the event's
-//! `ATTACH` lines read directly from Radicale after each step.
+//! WebDriver (Debian's `chromium` and `chromium-driver`), against calattach in front
+//! of Radicale (and Xandikos): sign in through the upstream's Basic challenge, pick the
+//! calendar and an event, upload two files, download one, replace one, remove one,
+//! drop one — with the event's `ATTACH` lines read directly from the upstream after
+//! each step; refusals explained; no policy violation in the console and no request to
+//! another origin.
 //!
 //! Without Chromium the browser tests print why they were skipped, unless
 //! `CALATTACH_REQUIRE_BROWSER=1` (set by `.ci/run`), which makes them fail instead.
@@ -537,6 +539,29 @@ async fn round_trip(up: &'static Upstream) {
         .await;
     let upstream = upstream_attaches(up, &href).await;
     assert_eq!(names(&upstream), ["minutes.txt"], "{upstream:?}");
+
+    // A file dropped on the event is added like a picked one.
+    browser
+        .js("const dt = new DataTransfer(); \
+             dt.items.add(new File(['dropped on the page\\n'], 'dropped.txt', { type: 'text/plain' })); \
+             const target = document.getElementById('drop'); \
+             target.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true })); \
+             target.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true })); \
+             return null")
+        .await;
+    browser
+        .until(
+            "the dropped file listed",
+            "!!document.querySelector(\"#attachments li[data-filename='dropped.txt']\")",
+        )
+        .await;
+    let upstream = upstream_attaches(up, &href).await;
+    assert_eq!(
+        names(&upstream),
+        ["dropped.txt", "minutes.txt"],
+        "{upstream:?}"
+    );
+    assert_eq!(upstream[0].2, "20", "{upstream:?}");
 
     // Phone width: the same page in one column.
     if std::env::var_os("WEBPAGE_SCREENSHOTS").is_some() {
