@@ -146,6 +146,7 @@ pub struct RawAttachments {
     pub commit_deadline: Option<String>,
     pub download: Option<String>,
     pub max_concurrent_uploads: Option<i64>,
+    pub web_page: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +277,8 @@ pub struct AttachmentsConfig {
     pub download: DownloadMode,
     /// Attachment uploads in progress at once; more get `503 Retry-After`.
     pub max_concurrent_uploads: usize,
+    /// Serve the attachment web page at `<prefix>/` (src/web).
+    pub web_page: bool,
 }
 
 /// How attachments are served (DESIGN §6; trade-offs in docs/security.md).
@@ -462,6 +465,7 @@ impl Config {
                 0,
             )?,
             no_recurrence: a.no_recurrence.unwrap_or(false),
+            web_page: a.web_page.unwrap_or(true),
             max_concurrent_uploads: usize_of(
                 "attachments.max_concurrent_uploads",
                 count(
@@ -847,6 +851,7 @@ mod tests {
             "no_recurrence",
             "commit_deadline",
             "download",
+            "web_page",
             "address_template",
             "cache_ttl",
             "cache_size",

@@ -9,6 +9,9 @@ pub enum Route {
     Attach,
     /// `GET`/`HEAD` under the attachment prefix (RFC 8607 §3.10).
     Download,
+    /// `GET`/`HEAD` of `<prefix>`, `<prefix>/` and `<prefix>/_/…`: the web page
+    /// (src/web), never an attachment id.
+    Page,
     /// `OPTIONS` under the attachment prefix: answered by calattach.
     AttachmentOptions,
     /// Any other method under the attachment prefix: `405` (RFC 8607 §3.8, §3.9).
@@ -31,6 +34,7 @@ impl Route {
         match self {
             Route::Attach => "attach",
             Route::Download => "download",
+            Route::Page => "page",
             Route::AttachmentOptions => "attachment_options",
             Route::AttachmentWrite => "attachment_write",
             Route::Options => "options",
@@ -44,6 +48,9 @@ impl Route {
 pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
     if under_prefix(uri.path(), prefix) {
         return match *method {
+            Method::GET | Method::HEAD if crate::web::is_page_path(uri.path(), prefix) => {
+                Route::Page
+            }
             Method::GET | Method::HEAD => Route::Download,
             Method::OPTIONS => Route::AttachmentOptions,
             _ => Route::AttachmentWrite,
@@ -111,6 +118,18 @@ mod tests {
         assert_eq!(r("PROPPATCH", "/.attachments/abc"), Route::AttachmentWrite);
         assert_eq!(r("OPTIONS", "/.attachments/abc"), Route::AttachmentOptions);
         assert_eq!(r("GET", "/.attachmentsX/abc"), Route::Forward);
+    }
+
+    #[test]
+    fn the_page_and_its_assets_are_the_page_route() {
+        assert_eq!(r("GET", "/.attachments/"), Route::Page);
+        assert_eq!(r("HEAD", "/.attachments"), Route::Page);
+        assert_eq!(r("GET", "/.attachments/_/app.js"), Route::Page);
+        assert_eq!(r("POST", "/.attachments/"), Route::AttachmentWrite);
+        assert_eq!(
+            r("GET", "/.attachments/AAAAAAAAAAAAAAAAAAAAAA/_/x"),
+            Route::Download
+        );
     }
 
     #[test]

@@ -396,6 +396,7 @@ pub async fn handle(
         }),
         Route::Attach => Box::pin(attach::post::handle(req, state)).await,
         Route::Download => Box::pin(attach::get::handle(req, state)).await,
+        Route::Page => Box::pin(crate::web::handle(req, state)).await,
         Route::Guard => Box::pin(attach::guard::handle(req, state, peer)).await,
         Route::Props => Box::pin(crate::props::http::handle(req, state, peer)).await,
     };

@@ -26,3 +26,4 @@ mod servers;
 mod streaming;
 mod transparency;
 mod upstream_pool;
+mod webpage;
