@@ -7,7 +7,7 @@
 //! another origin.
 //!
 //! Without Chromium the browser tests print why they were skipped, unless
-//! `CALATTACH_REQUIRE_BROWSER=1` (set by `.ci/run`), which makes them fail instead.
+//! `TEST_REQUIRE_BROWSER=1` (set by `.ci/run`), which makes them fail instead.
 //! `WEBPAGE_SCREENSHOTS=<dir>` saves screenshots of the main states there (the ones in
 //! `docs/img/` come from `WEBPAGE_SCREENSHOTS=docs/img`).
 
@@ -46,8 +46,8 @@ impl Browser {
                 "{} not installed (apt-get install chromium chromium-driver)",
                 missing.join(" and ")
             );
-            if std::env::var("CALATTACH_REQUIRE_BROWSER").as_deref() == Ok("1") {
-                panic!("browser test cannot run: {why}; CALATTACH_REQUIRE_BROWSER=1");
+            if std::env::var("TEST_REQUIRE_BROWSER").as_deref() == Ok("1") {
+                panic!("browser test cannot run: {why}; TEST_REQUIRE_BROWSER=1");
             }
             eprintln!("skipped: browser test: {why}");
             return None;
