@@ -15,6 +15,8 @@
 //! | `calattach_attachment_operations_total` | counter | `action`, `outcome` |
 //! | `calattach_store_errors_total` | counter | `kind` |
 //! | `calattach_commit_retries_total` | counter | – |
+//! | `calattach_commits_total` | counter | – |
+//! | `calattach_committed_changes_total` | counter | – |
 //! | `calattach_uploads_in_progress` | gauge | – |
 //! | `calattach_gc_runs_total` | counter | `outcome` |
 //! | `calattach_gc_objects_total` | counter | `result` |
@@ -83,6 +85,8 @@ pub struct Metrics {
     operations: Family<OperationLabels, Counter>,
     store_errors: Family<KindLabels, Counter>,
     commit_retries: Counter,
+    commits: Counter,
+    committed_changes: Counter,
     uploads: Gauge,
     gc_runs: Family<OutcomeLabels, Counter>,
     gc_objects: Family<ResultLabels, Counter>,
@@ -143,6 +147,18 @@ impl Metrics {
             "Attachment commit PUTs the upstream answered with 412 or 423 (re-applied until attachments.commit_deadline)",
             commit_retries.clone(),
         );
+        let commits = Counter::default();
+        registry.register(
+            "commits",
+            "Attachment commit PUTs sent to the upstream (one per batch of changes to one object, plus retries)",
+            commits.clone(),
+        );
+        let committed_changes = Counter::default();
+        registry.register(
+            "committed_changes",
+            "Attachment changes (add, update, remove) committed upstream; divided by calattach_commits_total, the changes per PUT",
+            committed_changes.clone(),
+        );
         let uploads = Gauge::default();
         registry.register(
             "uploads_in_progress",
@@ -186,6 +202,8 @@ impl Metrics {
             operations,
             store_errors,
             commit_retries,
+            commits,
+            committed_changes,
             uploads,
             gc_runs,
             gc_objects,
@@ -292,6 +310,16 @@ impl Metrics {
     /// A commit PUT answered `412` and is about to be re-applied.
     pub fn commit_retry(&self) {
         self.commit_retries.inc();
+    }
+
+    /// A commit PUT sent upstream.
+    pub fn commit_sent(&self) {
+        self.commits.inc();
+    }
+
+    /// `n` changes committed by one PUT.
+    pub fn changes_committed(&self, n: u64) {
+        self.committed_changes.inc_by(n);
     }
 
     /// The end of one gc pass: `results` pairs a result name (e.g.

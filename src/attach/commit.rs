@@ -352,6 +352,7 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
         };
         // Never sent (no connection) is a definite failure; anything after the request
         // went out may have been applied.
+        crate::metrics::get().commit_sent();
         let resp = match state.upstream.send_retrying(make_put).await {
             Ok(r) => r,
             Err(e @ Error::UpstreamUnreachable) => {
@@ -374,7 +375,9 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
                 cal: Arc::new(current),
             };
             slot.commits.fetch_add(1, Ordering::AcqRel);
-            tracing::debug!(%path, changes = members.len(), "batch committed");
+            let changes = own.iter().filter(|e| e.is_none()).count() as u64;
+            crate::metrics::get().changes_committed(changes);
+            tracing::debug!(%path, changes, "batch committed");
             break settle(own, Ok(committed)).await;
         }
         // 412: the object changed since it was read. 423: the upstream holds a lock
