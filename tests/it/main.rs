@@ -17,6 +17,7 @@ mod deploy;
 mod failure;
 mod faults;
 mod gc;
+mod hardening;
 mod limits;
 mod logs;
 mod metrics;
