@@ -87,7 +87,9 @@ async fn unconditional_post_reapplies_its_edit_over_a_concurrent_put(env: &Env) 
 
 /// `commit_retries` is raised from the default 5: with 20 writers on one object, the
 /// last one may need about as many rounds as there are writers.
-const TWENTY_WRITERS: &str = "[attachments]\ncommit_retries = 40\n";
+/// One user makes all twenty uploads: its share is the whole of the upload slots.
+const TWENTY_WRITERS: &str =
+    "[attachments]\ncommit_retries = 40\nmax_concurrent_uploads_per_user = 64\n";
 
 /// Sends 20 unconditional adds to one event at once; returns the replies and the
 /// object afterwards.
