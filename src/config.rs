@@ -28,6 +28,11 @@ pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 64;
+/// One user's share of the upload slots when `max_concurrent_uploads_per_user` is not
+/// set: a quarter, so that one user cannot take every slot.
+pub const DEFAULT_UPLOAD_SHARE_DIVISOR: usize = 4;
+/// Most `rid` items in one attachment POST (RFC 8607 §7): clients send one.
+pub const DEFAULT_MAX_RIDS: usize = 1000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_PREFIX: &str = "/.attachments";
@@ -122,6 +127,7 @@ pub struct RawServer {
     pub max_headers: Option<i64>,
     pub body_idle_timeout: Option<String>,
     pub threads: Option<i64>,
+    pub allowed_origins: Option<StringList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +153,11 @@ pub struct RawAttachments {
     pub download: Option<String>,
     pub max_concurrent_uploads: Option<i64>,
     pub web_page: Option<bool>,
+    pub max_concurrent_uploads_per_user: Option<i64>,
+    pub max_rids: Option<i64>,
+    pub max_recurrence_lines: Option<i64>,
+    pub max_expanded_instances: Option<i64>,
+    pub max_expansion_time: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +190,29 @@ pub struct RawGc {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+}
+
+/// A list written as a TOML array or as one string of comma-separated items (the form an
+/// environment variable can give).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl StringList {
+    fn items(self) -> Vec<String> {
+        match self {
+            StringList::List(v) => v,
+            StringList::Text(t) => t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
 }
 
 /// A size written as a number of bytes or as a string with a unit.
@@ -252,6 +286,9 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
     /// Worker threads serving the CalDAV listener.
     pub threads: usize,
+    /// Origins (`scheme://host[:port]`) besides `public_url`'s whose browser requests
+    /// may make attachment POSTs (browser-based CalDAV clients served elsewhere).
+    pub allowed_origins: Vec<url::Origin>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +316,16 @@ pub struct AttachmentsConfig {
     pub max_concurrent_uploads: usize,
     /// Serve the attachment web page at `<prefix>/` (src/web).
     pub web_page: bool,
+    /// Of those, uploads one user may have in progress at once.
+    pub max_concurrent_uploads_per_user: usize,
+    /// Most `rid` items in one request (RFC 8607 §7).
+    pub max_rids: usize,
+    /// Most RRULE/EXRULE/RDATE/EXDATE lines of a master whose instances are checked.
+    pub max_recurrence_lines: usize,
+    /// Recurrence instances one request may generate while checking rids.
+    pub max_expanded_instances: u64,
+    /// Wall-clock time one request may spend checking rids.
+    pub max_expansion_time: Duration,
 }
 
 /// How attachments are served (DESIGN §6; trade-offs in docs/security.md).
@@ -384,6 +431,13 @@ impl Config {
                     .unwrap_or(1),
                 Some(n) => usize_of("server.threads", count("server.threads", Some(n), 1)?, 1)?,
             },
+            allowed_origins: s
+                .allowed_origins
+                .map(StringList::items)
+                .unwrap_or_default()
+                .iter()
+                .map(|o| parse_origin("server.allowed_origins", o).map(|u| u.origin()))
+                .collect::<Result<_, _>>()?,
         };
 
         let u = raw.upstream;
@@ -435,6 +489,24 @@ impl Config {
         let a = raw.attachments;
         let prefix = a.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         validate_prefix(&prefix)?;
+        let max_concurrent_uploads = usize_of(
+            "attachments.max_concurrent_uploads",
+            count(
+                "attachments.max_concurrent_uploads",
+                a.max_concurrent_uploads,
+                DEFAULT_MAX_CONCURRENT_UPLOADS as u64,
+            )?,
+            1,
+        )?;
+        let max_concurrent_uploads_per_user = match a.max_concurrent_uploads_per_user {
+            None => (max_concurrent_uploads / DEFAULT_UPLOAD_SHARE_DIVISOR).max(1),
+            Some(n) => usize_of(
+                "attachments.max_concurrent_uploads_per_user",
+                count("attachments.max_concurrent_uploads_per_user", Some(n), 1)?,
+                1,
+            )?
+            .min(max_concurrent_uploads),
+        };
         let attachments = AttachmentsConfig {
             prefix: prefix.trim_end_matches('/').to_owned(),
             max_attachment_size: size(
@@ -466,14 +538,34 @@ impl Config {
             )?,
             no_recurrence: a.no_recurrence.unwrap_or(false),
             web_page: a.web_page.unwrap_or(true),
-            max_concurrent_uploads: usize_of(
-                "attachments.max_concurrent_uploads",
+            max_concurrent_uploads,
+            max_concurrent_uploads_per_user,
+            max_rids: usize_of(
+                "attachments.max_rids",
+                count("attachments.max_rids", a.max_rids, DEFAULT_MAX_RIDS as u64)?,
+                1,
+            )?,
+            max_recurrence_lines: usize_of(
+                "attachments.max_recurrence_lines",
                 count(
-                    "attachments.max_concurrent_uploads",
-                    a.max_concurrent_uploads,
-                    DEFAULT_MAX_CONCURRENT_UPLOADS as u64,
+                    "attachments.max_recurrence_lines",
+                    a.max_recurrence_lines,
+                    crate::ical::DEFAULT_MAX_RECURRENCE_LINES as u64,
                 )?,
                 1,
+            )?,
+            max_expanded_instances: positive(
+                "attachments.max_expanded_instances",
+                count(
+                    "attachments.max_expanded_instances",
+                    a.max_expanded_instances,
+                    crate::ical::DEFAULT_MAX_EXPANDED_INSTANCES,
+                )?,
+            )?,
+            max_expansion_time: duration(
+                "attachments.max_expansion_time",
+                a.max_expansion_time,
+                crate::ical::DEFAULT_MAX_EXPANSION_TIME,
             )?,
             commit_deadline: duration(
                 "attachments.commit_deadline",
@@ -838,6 +930,12 @@ mod tests {
             "body_idle_timeout",
             "threads",
             "max_concurrent_uploads",
+            "max_concurrent_uploads_per_user",
+            "max_rids",
+            "max_recurrence_lines",
+            "max_expanded_instances",
+            "max_expansion_time",
+            "allowed_origins",
             "url",
             "connect_timeout",
             "response_timeout",

@@ -104,6 +104,10 @@ pub enum Error {
     /// which RFC 4791 §1.3 requires CalDAV servers to support): a refused download.
     #[error("no read access to {href}")]
     NeedRead { href: String },
+    /// `403`: a browser request from another site (Fetch Metadata, `Origin`); nothing
+    /// was read or asked.
+    #[error("cross-site request refused: {0}")]
+    CrossSite(String),
     #[error("not found")]
     NotFound,
     #[error("gone")]
@@ -127,8 +131,14 @@ pub enum Error {
     /// `507`: the store is full (RFC 4918 §11.5); nothing changed.
     #[error("storage full: {0}")]
     InsufficientStorage(String),
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
+    /// `401` with the upstream's `WWW-Authenticate` challenges (RFC 9110 §11.6.1). An
+    /// empty `challenge` is filled in from the upstream before the response is built
+    /// (`server::handle`), so every `401` calattach sends carries one.
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        message: String,
+        challenge: Vec<HeaderValue>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -144,6 +154,14 @@ fn need_read(href: &str) -> String {
 }
 
 impl Error {
+    /// A `401` whose challenge is learned from the upstream before it is sent.
+    pub fn unauthorized(message: impl Into<String>) -> Error {
+        Error::Unauthorized {
+            message: message.into(),
+            challenge: Vec::new(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Config(_) | Error::Internal(_) | Error::Storage(_) => {
@@ -153,14 +171,16 @@ impl Error {
             Error::Precondition(..) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Forbidden | Error::NeedRead { .. } => StatusCode::FORBIDDEN,
+            Error::Forbidden | Error::NeedRead { .. } | Error::CrossSite(_) => {
+                StatusCode::FORBIDDEN
+            }
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
             Error::UpstreamUnavailable | Error::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StorageUnavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -183,9 +203,13 @@ impl Error {
                 "text/plain; charset=utf-8",
                 "504 gateway timeout: the calendar server did not answer in time\n".to_owned(),
             ),
-            Error::Unauthorized(msg) | Error::BadRequest(msg) | Error::Conflict(msg) => {
-                ("text/plain; charset=utf-8", format!("{msg}\n"))
-            }
+            Error::Unauthorized { message: msg, .. }
+            | Error::BadRequest(msg)
+            | Error::Conflict(msg) => ("text/plain; charset=utf-8", format!("{msg}\n")),
+            Error::CrossSite(_) => (
+                "text/plain; charset=utf-8",
+                "attachment requests from other sites are refused\n".to_owned(),
+            ),
             Error::StorageUnavailable(_) => (
                 "text/plain; charset=utf-8",
                 "attachment storage is unavailable, try again later\n".to_owned(),
@@ -213,6 +237,11 @@ impl Error {
             }
             Error::StorageUnavailable(_) | Error::Busy(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Error::Unauthorized { challenge, .. } => {
+                for c in challenge {
+                    h.append(header::WWW_AUTHENTICATE, c.clone());
+                }
             }
             _ => {}
         }
@@ -246,6 +275,25 @@ mod tests {
             r.headers()[header::CONTENT_TYPE],
             "application/xml; charset=utf-8"
         );
+    }
+
+    #[test]
+    fn unauthorized_carries_every_challenge() {
+        let r = Error::Unauthorized {
+            message: "no".into(),
+            challenge: vec![
+                HeaderValue::from_static("Basic realm=\"a\""),
+                HeaderValue::from_static("Bearer"),
+            ],
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let all: Vec<_> = r
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(all, ["Basic realm=\"a\"", "Bearer"]);
     }
 
     #[test]

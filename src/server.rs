@@ -34,8 +34,9 @@ pub struct State {
     pub upstream: Upstream,
     pub store: Store,
     pub identity: Arc<IdentityCache>,
-    /// One permit per attachment upload in progress (`attachments.max_concurrent_uploads`).
-    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// One slot per attachment upload in progress (`attachments.max_concurrent_uploads`,
+    /// shared out per user).
+    pub uploads: Arc<attach::slots::UploadSlots>,
     /// The per-object attachment commit queues of this process (`attach::commit`).
     pub commits: Arc<crate::attach::commit::Commits>,
 }
@@ -50,8 +51,9 @@ impl State {
             ))
         })?;
         let identity = Arc::new(IdentityCache::new(config.identity.clone()));
-        let uploads = Arc::new(tokio::sync::Semaphore::new(
+        let uploads = Arc::new(attach::slots::UploadSlots::new(
             config.attachments.max_concurrent_uploads,
+            config.attachments.max_concurrent_uploads_per_user,
         ));
         Ok(State {
             config,
@@ -384,6 +386,8 @@ pub async fn handle(
     peer: SocketAddr,
     route: Route,
 ) -> Response<Body> {
+    // Only calattach's own routes answer 401 themselves (see below).
+    let path = (route != Route::Forward).then(|| req.uri().path().to_owned());
     // calattach's own routes are boxed: their futures are kilobytes large, and a plain
     // `match` would make every request's future — forwarded ones included — as large
     // as the largest of them, moved and touched on every request.
@@ -391,16 +395,34 @@ pub async fn handle(
         Route::Forward => state.upstream.forward(req, peer).await,
         Route::Options => forward_options(req, state, peer).await,
         Route::AttachmentOptions => Ok(attachment_options()),
-        Route::AttachmentWrite => Err(Error::MethodNotAllowed {
-            allow: ATTACHMENT_ALLOW,
-        }),
+        Route::AttachmentWrite => {
+            // Refused before the body: read it on so the client hears the 405.
+            let (parts, incoming) = req.into_parts();
+            drop(body::Lingering::new(incoming, &parts.headers));
+            Err(Error::MethodNotAllowed {
+                allow: ATTACHMENT_ALLOW,
+            })
+        }
         Route::Attach => Box::pin(attach::post::handle(req, state)).await,
         Route::Download => Box::pin(attach::get::handle(req, state)).await,
         Route::Page => Box::pin(crate::web::handle(req, state)).await,
         Route::Guard => Box::pin(attach::guard::handle(req, state, peer)).await,
         Route::Props => Box::pin(crate::props::http::handle(req, state, peer)).await,
     };
-    result.unwrap_or_else(Error::into_response)
+    match result {
+        Ok(resp) => resp,
+        // RFC 9110 §11.6.1: a 401 carries a challenge; calattach's own are the
+        // upstream's, so a client answers them as it would the upstream's.
+        Err(Error::Unauthorized { message, challenge }) if challenge.is_empty() => {
+            let path = path.as_deref().unwrap_or("/");
+            Error::Unauthorized {
+                message,
+                challenge: state.upstream.challenge(path).await,
+            }
+            .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 const ATTACHMENT_ALLOW: &str = "GET, HEAD, OPTIONS";

@@ -110,10 +110,17 @@ pub async fn may_change(
 ) -> Result<Option<Arc<Identity>>, Error> {
     let identity = match identify(state, caller).await? {
         Ok(id) => id,
-        Err(_) => {
-            return Err(Error::Unauthorized(
-                "the calendar server refused the credentials".into(),
-            ))
+        Err(refusal) => {
+            // The upstream's own challenge goes back with our 401 (RFC 9110 §11.6.1).
+            return Err(Error::Unauthorized {
+                message: "the calendar server refused the credentials".into(),
+                challenge: refusal
+                    .headers()
+                    .get_all(http::header::WWW_AUTHENTICATE)
+                    .iter()
+                    .cloned()
+                    .collect(),
+            });
         }
     };
     let owner = owner_addresses(state, caller, identity.as_deref(), path).await?;

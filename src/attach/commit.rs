@@ -71,6 +71,9 @@ pub struct Change {
     /// The object as this request read it before its upload: a first guess of the
     /// current version (a `412` corrects it).
     pub object: Object,
+    /// What is left of the request's recurrence budget (`ical::Budget`) after its
+    /// pre-body checks; every attempt applies the change within a copy of it.
+    pub budget: crate::ical::Budget,
 }
 
 /// The committed object.
@@ -291,29 +294,47 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
             let resp = super::post::precondition_failed(state, path, &object, prefer);
             break fail_all(&members, resp, true).await;
         }
-        let cal = match super::post::parse_object(&object, path, cfg.max_overrides) {
+        let cal = match super::post::parse_object(&object, path, cfg.max_overrides).await {
             Ok(c) => c,
             Err(e) => break fail_all(&members, e.into_response(), true).await,
         };
         // Each change on top of the previous ones; one that cannot apply fails alone.
-        let mut current = cal;
-        let mut own: Vec<Option<Error>> = Vec::with_capacity(members.len());
-        for m in &members {
-            let applied =
-                super::post::apply(state, &current, &m.change.query, m.change.attach.as_ref())
-                    .and_then(|bytes| {
-                        Calendar::parse(&bytes).map_err(|e| {
-                            Error::Internal(format!("edited object does not parse: {e}"))
-                        })
-                    });
-            match applied {
-                Ok(next) => {
-                    current = next;
-                    own.push(None);
+        // CPU work, off the I/O thread; each member checks its rids within what is left
+        // of its own request's budget (afresh on every attempt).
+        let work: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let c = &m.change;
+                (c.query.clone(), c.attach.clone(), c.budget.clone())
+            })
+            .collect();
+        let max = cfg.max_attachments_per_resource;
+        let edited = super::post::off_thread(move || {
+            let mut current = cal;
+            let mut own: Vec<Option<Error>> = Vec::with_capacity(work.len());
+            for (query, attach, mut budget) in work {
+                let applied =
+                    super::post::edit_for(&current, &query, attach.as_ref(), max, &mut budget)
+                        .and_then(|bytes| {
+                            Calendar::parse(&bytes).map_err(|e| {
+                                Error::Internal(format!("edited object does not parse: {e}"))
+                            })
+                        });
+                match applied {
+                    Ok(next) => {
+                        current = Arc::new(next);
+                        own.push(None);
+                    }
+                    Err(e) => own.push(Some(e)),
                 }
-                Err(e) => own.push(Some(e)),
             }
-        }
+            (current, own)
+        })
+        .await;
+        let (current, own) = match edited {
+            Ok(r) => r,
+            Err(e) => break fail_all(&members, e.into_response(), true).await,
+        };
         if own.iter().all(Option::is_some) {
             let mut out = Vec::new();
             for e in own.into_iter().flatten() {
@@ -372,7 +393,7 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
             super::drain(resp).await;
             let committed = Committed {
                 validators,
-                cal: Arc::new(current),
+                cal: current,
             };
             slot.commits.fetch_add(1, Ordering::AcqRel);
             let changes = own.iter().filter(|e| e.is_none()).count() as u64;

@@ -33,7 +33,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
 
     let capability = state.config.attachments.download == DownloadMode::Capability;
     if caller.is_anonymous() && !capability {
-        return challenge(state).await;
+        return Err(Error::unauthorized("authentication required"));
     }
     let found = match AttachmentId::parse(id_text) {
         Some(id) => state
@@ -146,38 +146,6 @@ async fn verify_credentials(
     }
     super::drain(resp).await;
     Ok(None)
-}
-
-/// `401` mirroring the upstream's challenge (its realm), learned by asking it without
-/// credentials.
-async fn challenge(state: &State) -> Result<Response<Body>, Error> {
-    let anonymous = Caller::from_headers(&HeaderMap::new())?;
-    let req = anonymous.request(
-        &state.upstream,
-        Method::from_bytes(b"PROPFIND").map_err(|e| Error::Internal(e.to_string()))?,
-        "/",
-        body::empty(),
-    )?;
-    let resp = state.upstream.send(req).await?;
-    let www = resp
-        .headers()
-        .get_all(header::WWW_AUTHENTICATE)
-        .iter()
-        .cloned()
-        .collect::<Vec<_>>();
-    super::drain(resp).await;
-    let mut out =
-        Error::Unauthorized("authentication required\n".trim_end().into()).into_response();
-    if www.is_empty() {
-        out.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"calattach\""),
-        );
-    }
-    for v in www {
-        out.headers_mut().append(header::WWW_AUTHENTICATE, v);
-    }
-    Ok(out)
 }
 
 /// Streams the blob with the headers of DESIGN §6; `Range`, `If-Range`, `If-None-Match`.

@@ -583,10 +583,16 @@ async fn decide_streamed<'a>(
     }
     let mut landing = match Landing::prepare(state, caller.clone(), path, scan.ids.clone()).await? {
         Ok(l) => l,
-        Err(_) => {
-            return Err(Error::Unauthorized(
-                "the calendar server refused the credentials".into(),
-            ))
+        Err(refusal) => {
+            return Err(Error::Unauthorized {
+                message: "the calendar server refused the credentials".into(),
+                challenge: refusal
+                    .headers()
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .cloned()
+                    .collect(),
+            })
         }
     };
     landing

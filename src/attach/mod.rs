@@ -9,6 +9,7 @@ pub mod guard;
 pub mod params;
 pub mod post;
 pub mod scan;
+pub mod slots;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -61,12 +62,11 @@ impl Caller {
                 .and_then(|raw| String::from_utf8(raw).ok())
                 .and_then(|s| s.split_once(':').map(|(u, _)| u.to_owned()))
         } else if scheme.eq_ignore_ascii_case("digest") {
-            return Err(Error::Unauthorized(
+            return Err(Error::unauthorized(
                 "Digest authentication cannot be used for attachment requests: calattach must \
                  replay the credentials on its own requests to the calendar server, and a \
                  Digest response is bound to one method and URI. Use Basic authentication \
-                 (over TLS) or a bearer token."
-                    .into(),
+                 (over TLS) or a bearer token.",
             ));
         } else {
             None
@@ -130,6 +130,49 @@ impl Caller {
         }
         Ok(req)
     }
+}
+
+/// Refuses an attachment POST a browser sends on behalf of a page from another site.
+///
+/// Browsers keep Basic credentials for an origin once a user signed in there (to open a
+/// download link, say), and an HTML form on any site can make them POST to it without a
+/// CORS preflight. A browser marks such a request: `Sec-Fetch-Site: cross-site` or
+/// `same-site` (Fetch Metadata), and an `Origin` naming the page's origin (RFC 6454 §7;
+/// `null` for opaque ones). Refused: either mark, unless the `Origin` is
+/// `server.public_url`'s or one of `server.allowed_origins` (browser-based CalDAV
+/// clients served from elsewhere). CalDAV clients send neither header; a page served from
+/// calattach's own origin sends `same-origin`.
+pub fn refuse_cross_site(
+    headers: &HeaderMap,
+    server: &crate::config::ServerConfig,
+) -> Result<(), Error> {
+    let origin = headers.get(header::ORIGIN);
+    let allowed = |o: &HeaderValue| {
+        let Some(origin) = o.to_str().ok().and_then(|o| url::Url::parse(o).ok()) else {
+            return false;
+        };
+        let origin = origin.origin();
+        origin == server.public_url.origin() || server.allowed_origins.contains(&origin)
+    };
+    if let Some(o) = origin {
+        if !allowed(o) {
+            return Err(Error::CrossSite(format!(
+                "origin {:?} is neither server.public_url nor in server.allowed_origins",
+                String::from_utf8_lossy(o.as_bytes())
+            )));
+        }
+        return Ok(());
+    }
+    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if let Some(site) = site {
+        if site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site") {
+            return Err(Error::CrossSite(format!(
+                "sec-fetch-site {:?} without an allowed origin",
+                String::from_utf8_lossy(site)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A calendar object as read from the upstream.

@@ -39,8 +39,13 @@ pub struct AttachQuery {
 
 /// Applies the parameter rules of RFC 8607 §3.3 and §3.11, in the order a client can
 /// act on: `action` first (`valid-action`), then `managed-id` (`valid-managed-id`),
-/// then `rid` (`valid-rid`). `no_recurrence` refuses any `rid` (RFC 8607 §3.2).
-pub fn parse_query(query: &str, no_recurrence: bool) -> Result<AttachQuery, Error> {
+/// then `rid` (`valid-rid`). `no_recurrence` refuses any `rid` (RFC 8607 §3.2); a list
+/// of more than `max_rids` items is refused before it is parsed (RFC 8607 §7).
+pub fn parse_query(
+    query: &str,
+    no_recurrence: bool,
+    max_rids: usize,
+) -> Result<AttachQuery, Error> {
     let mut actions = Vec::new();
     let mut rids = Vec::new();
     let mut mids = Vec::new();
@@ -92,6 +97,15 @@ pub fn parse_query(query: &str, no_recurrence: bool) -> Result<AttachQuery, Erro
                 return Err(Error::Precondition(
                     Precondition::ValidRid,
                     "this server manages attachments for whole series only (no-recurrence)".into(),
+                ))
+            }
+            [r] if r.split(',').count() > max_rids => {
+                return Err(Error::Precondition(
+                    Precondition::ValidRid,
+                    format!(
+                        "{} rid items, more than {max_rids} (attachments.max_rids)",
+                        r.split(',').count()
+                    ),
                 ))
             }
             [r] => Some(parse_rid_list(r).map_err(|e| {
@@ -283,25 +297,26 @@ mod tests {
     #[test]
     fn action_must_be_one_of_three_exactly_once() {
         assert_eq!(
-            pre(parse_query("action=attachment-nope", false)),
+            pre(parse_query("action=attachment-nope", false, 1000)),
             Precondition::ValidAction
         );
         assert_eq!(
-            pre(parse_query("action=", false)),
+            pre(parse_query("action=", false, 1000)),
             Precondition::ValidAction
         );
         assert_eq!(
             pre(parse_query(
                 "action=attachment-add&action=attachment-add",
-                false
+                false,
+                1000
             )),
             Precondition::ValidAction
         );
         assert_eq!(
-            pre(parse_query("action=ATTACHMENT-ADD", false)),
+            pre(parse_query("action=ATTACHMENT-ADD", false, 1000)),
             Precondition::ValidAction
         );
-        let q = parse_query("action=attachment-add", false).unwrap();
+        let q = parse_query("action=attachment-add", false, 1000).unwrap();
         assert_eq!(q.action, AttachAction::Add);
         assert_eq!(q.rids, None);
     }
@@ -309,21 +324,26 @@ mod tests {
     #[test]
     fn managed_id_forbidden_on_add_and_required_once_otherwise() {
         assert_eq!(
-            pre(parse_query("action=attachment-add&managed-id=x", false)),
+            pre(parse_query(
+                "action=attachment-add&managed-id=x",
+                false,
+                1000
+            )),
             Precondition::ValidManagedId
         );
         assert_eq!(
-            pre(parse_query("action=attachment-update", false)),
+            pre(parse_query("action=attachment-update", false, 1000)),
             Precondition::ValidManagedId
         );
         assert_eq!(
             pre(parse_query(
                 "action=attachment-remove&managed-id=a&managed-id=b",
-                false
+                false,
+                1000
             )),
             Precondition::ValidManagedId
         );
-        let q = parse_query("action=attachment-remove&managed-id=97S", false).unwrap();
+        let q = parse_query("action=attachment-remove&managed-id=97S", false, 1000).unwrap();
         assert_eq!(q.managed_id.as_deref(), Some("97S"));
     }
 
@@ -332,26 +352,28 @@ mod tests {
         assert_eq!(
             pre(parse_query(
                 "action=attachment-update&managed-id=x&rid=M",
-                false
+                false,
+                1000
             )),
             Precondition::ValidRid
         );
         assert_eq!(
             pre(parse_query(
                 "action=attachment-add&rid=M&rid=20240101T100000",
-                false
+                false,
+                1000
             )),
             Precondition::ValidRid
         );
         assert_eq!(
-            pre(parse_query("action=attachment-add&rid=M,m", false)),
+            pre(parse_query("action=attachment-add&rid=M,m", false, 1000)),
             Precondition::ValidRid
         );
         assert_eq!(
-            pre(parse_query("action=attachment-add&rid=M", true)),
+            pre(parse_query("action=attachment-add&rid=M", true, 1000)),
             Precondition::ValidRid
         );
-        let q = parse_query("action=attachment-add&rid=M%2C20111022T160000", false).unwrap();
+        let q = parse_query("action=attachment-add&rid=M%2C20111022T160000", false, 1000).unwrap();
         assert_eq!(
             q.rids,
             Some(vec![
@@ -359,6 +381,20 @@ mod tests {
                 RidSpec::Instance("20111022T160000".into())
             ])
         );
+    }
+
+    #[test]
+    fn rid_lists_longer_than_the_maximum_are_refused_before_parsing() {
+        let list = ["20240101T100000"; 3].join(",");
+        let q = format!("action=attachment-add&rid={list}");
+        // Three items over a maximum of two: refused by count, not as duplicates.
+        match parse_query(&q, false, 2) {
+            Err(Error::Precondition(Precondition::ValidRid, msg)) => {
+                assert!(msg.contains("attachments.max_rids"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_query("action=attachment-add&rid=M,20240101", false, 2).is_ok());
     }
 
     fn cd(v: &str) -> String {

@@ -20,6 +20,8 @@
 //! reconciles it. After a successful PUT a failing store write only delays the state
 //! change, which the same reconciliation repairs.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyDataStream;
@@ -28,9 +30,9 @@ use hyper::body::Incoming;
 use super::conditional::{self, Validators};
 use super::params::{self, AttachAction, AttachQuery};
 use super::{fetch_object, Caller, Fetched, Object};
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::error::{Error, Precondition};
-use crate::ical::{edit, Calendar, EditError, NewAttach};
+use crate::ical::{edit, Budget, Calendar, EditError, NewAttach};
 use crate::server::State;
 use crate::store::{AttachmentId, Meta, PutBlobError};
 
@@ -40,28 +42,41 @@ struct Upload {
     attach: NewAttach,
 }
 
+/// The request body as the POST reads it: abandoned after `server.body_idle_timeout`
+/// without data, and read on in the background when the answer comes first
+/// ([`body::Lingering`]).
+type RequestBody = body::Lingering<body::IdleTimeout<Incoming>>;
+
 pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Error> {
     let cfg = &state.config.attachments;
-    let query = params::parse_query(req.uri().query().unwrap_or(""), cfg.no_recurrence)?;
-    let caller = Caller::from_headers(req.headers())?;
-    let path = req.uri().path().to_owned();
+    let (parts, incoming) = req.into_parts();
+    // From here every early answer leaves the body to be read on and discarded, so a
+    // client that sends it whole before reading hears the refusal.
+    let incoming: RequestBody = body::Lingering::new(
+        body::IdleTimeout::new(incoming, state.upstream.body_idle_timeout()),
+        &parts.headers,
+    );
+    // A page on another site must not make a browser change attachments with the
+    // user's stored credentials: refused before anything is read or asked.
+    super::refuse_cross_site(&parts.headers, &state.config.server)?;
+    let query = params::parse_query(
+        parts.uri.query().unwrap_or(""),
+        cfg.no_recurrence,
+        cfg.max_rids,
+    )?;
+    let caller = Caller::from_headers(&parts.headers)?;
+    let path = parts.uri.path().to_owned();
     if path.ends_with('/') {
         return Err(Error::BadRequest(format!(
             "{path} is a collection; attachments are managed on calendar object resources"
         )));
     }
-    let (parts, incoming) = req.into_parts();
     let mut headers = parts.headers;
     let has_body = query.action != AttachAction::Remove;
     // Held until the response is built: bounds uploads (and their store multipart
-    // buffers) in progress at once.
-    let _permit = if has_body {
-        Some(state.uploads.clone().try_acquire_owned().map_err(|_| {
-            Error::Busy(format!(
-                "{} uploads in progress (attachments.max_concurrent_uploads)",
-                cfg.max_concurrent_uploads
-            ))
-        })?)
+    // buffers) in progress at once, and each user's share of them.
+    let _slot = if has_body {
+        Some(state.uploads.acquire(&caller)?)
     } else {
         None
     };
@@ -75,6 +90,12 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
             }
         }
     }
+    // The recurrence work this request may do, shared by every rid check it makes.
+    let mut budget = Budget::new(
+        cfg.max_expanded_instances,
+        cfg.max_recurrence_lines,
+        cfg.max_expansion_time,
+    );
 
     // Pre-body checks: everything that can refuse the request without its body.
     let object = match fetch_object(&state.upstream, &caller, &path, cfg.max_object_size).await? {
@@ -85,7 +106,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
     if !conditional::preconditions_hold(&headers, &object.validators) {
         return Ok(precondition_failed(state, &path, &object, prefer));
     }
-    let cal = parse_object(&object, &path, cfg.max_overrides)?;
+    let cal = parse_object(&object, &path, cfg.max_overrides).await?;
     promote_referenced(state, &cal).await;
     // RFC 8607 §3.12.2 (attendees may not change) and the scheduling header rule.
     let identity = super::access::may_change(state, &caller, &path, &cal, query.action).await?;
@@ -97,7 +118,14 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         &params::media_type(&headers),
         content_length(&headers).unwrap_or(0),
     );
-    apply(state, &cal, &query, has_body.then_some(&placeholder))?;
+    apply(
+        state,
+        &cal,
+        &query,
+        has_body.then_some(&placeholder),
+        &mut budget,
+    )
+    .await?;
 
     // The body: hyper sends `100 Continue` when it is first read, here.
     let upload = if has_body {
@@ -127,6 +155,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         attach: upload.as_ref().map(|u| u.attach.clone()),
         headers: headers.clone(),
         object,
+        budget,
     };
     let (new_validators, new_cal) = match state.commits.commit(state, &path, change).await {
         Ok(c) => (c.validators, c.cal),
@@ -166,17 +195,30 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-pub(super) fn parse_object(
+/// Runs CPU work (parsing, rid checks) on the blocking pool: a worker thread serves
+/// many connections on one runtime, and one request's work must not delay the others.
+pub(super) async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("calendar work failed: {e}")))
+}
+
+pub(super) async fn parse_object(
     object: &Object,
     path: &str,
     max_overrides: usize,
-) -> Result<Calendar, Error> {
-    let cal = Calendar::parse(&object.bytes).map_err(|e| {
-        Error::Precondition(
-            Precondition::ValidCalendarData,
-            format!("{path} does not parse as iCalendar: {e}"),
-        )
-    })?;
+) -> Result<Arc<Calendar>, Error> {
+    let bytes = object.bytes.clone();
+    let cal = off_thread(move || Calendar::parse(&bytes))
+        .await?
+        .map_err(|e| {
+            Error::Precondition(
+                Precondition::ValidCalendarData,
+                format!("{path} does not parse as iCalendar: {e}"),
+            )
+        })?;
     if cal.override_count() > max_overrides {
         return Err(Error::Precondition(
             Precondition::MaxInstances,
@@ -186,7 +228,7 @@ pub(super) fn parse_object(
             ),
         ));
     }
-    Ok(cal)
+    Ok(Arc::new(cal))
 }
 
 fn new_attach(
@@ -207,30 +249,52 @@ fn new_attach(
 }
 
 /// The edit for `query` on `cal`, or the precondition it violates (RFC 8607 §3.11).
-pub(super) fn apply(
+/// Runs off the I/O thread, checking rids within `budget`.
+async fn apply(
     state: &State,
+    cal: &Arc<Calendar>,
+    query: &AttachQuery,
+    new: Option<&NewAttach>,
+    budget: &mut Budget,
+) -> Result<Vec<u8>, Error> {
+    let max = state.config.attachments.max_attachments_per_resource;
+    let (cal, query, new, mut spent) = (cal.clone(), query.clone(), new.cloned(), budget.clone());
+    let (result, spent) = off_thread(move || {
+        let result = edit_for(&cal, &query, new.as_ref(), max, &mut spent);
+        (result, spent)
+    })
+    .await?;
+    *budget = spent;
+    result
+}
+
+pub(super) fn edit_for(
     cal: &Calendar,
     query: &AttachQuery,
     new: Option<&NewAttach>,
+    max_attachments: u64,
+    budget: &mut Budget,
 ) -> Result<Vec<u8>, Error> {
     let rids = query.rids.as_deref();
     let result = match (query.action, new) {
         (AttachAction::Add, Some(a)) => {
             let count = cal.distinct_managed_ids().len() as u64;
-            let max = state.config.attachments.max_attachments_per_resource;
-            if count + 1 > max {
+            if count + 1 > max_attachments {
                 return Err(Error::Precondition(
                     Precondition::MaxAttachmentsPerResource,
-                    format!("the object already holds {count} managed attachments (max {max})"),
+                    format!(
+                        "the object already holds {count} managed attachments \
+                         (max {max_attachments})"
+                    ),
                 ));
             }
-            edit::add_attach(cal, rids, a)
+            edit::add_attach_within(cal, rids, a, budget)
         }
         (AttachAction::Update, Some(a)) => {
             edit::update_attach(cal, query.managed_id.as_deref().unwrap_or(""), a)
         }
         (AttachAction::Remove, _) => {
-            edit::remove_attach(cal, rids, query.managed_id.as_deref().unwrap_or(""))
+            edit::remove_attach_within(cal, rids, query.managed_id.as_deref().unwrap_or(""), budget)
         }
         _ => return Err(Error::Internal("attachment edit without its upload".into())),
     };
@@ -259,12 +323,11 @@ async fn store_upload(
     path: &str,
     cal: &Calendar,
     headers: &HeaderMap,
-    incoming: Incoming,
+    incoming: RequestBody,
 ) -> Result<Upload, Error> {
     let max = state.config.attachments.max_attachment_size;
     let id = AttachmentId::new();
-    let idle = state.upstream.body_idle_timeout();
-    let stream = BodyDataStream::new(crate::body::IdleTimeout::new(incoming, idle));
+    let stream = BodyDataStream::new(incoming);
     let uploading = crate::metrics::get().upload_started();
     let info = match state.store.put_blob(&id, stream, max).await {
         Ok(info) => info,

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use chrono::NaiveDateTime;
 
 use super::param::{self, Param};
-use super::recur::{resolve_targets, DtForm, DtValue, MasterTime, Target};
+use super::recur::{resolve_targets, Budget, DtForm, DtValue, MasterTime, Target};
 use super::{Calendar, Kind, NewAttach, RidSpec};
 
 /// Why an edit cannot be applied. The attachment layer maps these to RFC 8607 §3.11
@@ -87,7 +87,17 @@ pub fn add_attach(
     rids: Option<&[RidSpec]>,
     a: &NewAttach,
 ) -> Result<Vec<u8>, EditError> {
-    let targets = resolve_targets(cal, rids)?;
+    add_attach_within(cal, rids, a, &mut Budget::default())
+}
+
+/// [`add_attach`], checking the rids within `budget` (RFC 8607 §7).
+pub fn add_attach_within(
+    cal: &Calendar,
+    rids: Option<&[RidSpec]>,
+    a: &NewAttach,
+    budget: &mut Budget,
+) -> Result<Vec<u8>, EditError> {
+    let targets = resolve_targets(cal, rids, budget)?;
     let line = attach_line(a, None, &[], cal.eol())?;
     let mut patch = Patch::new(cal);
     let mut created = Vec::new();
@@ -133,8 +143,18 @@ pub fn remove_attach(
     rids: Option<&[RidSpec]>,
     managed_id: &str,
 ) -> Result<Vec<u8>, EditError> {
+    remove_attach_within(cal, rids, managed_id, &mut Budget::default())
+}
+
+/// [`remove_attach`], checking the rids within `budget` (RFC 8607 §7).
+pub fn remove_attach_within(
+    cal: &Calendar,
+    rids: Option<&[RidSpec]>,
+    managed_id: &str,
+    budget: &mut Budget,
+) -> Result<Vec<u8>, EditError> {
     let unknown = || EditError::UnknownManagedId(managed_id.to_string());
-    let targets = resolve_targets(cal, rids)?;
+    let targets = resolve_targets(cal, rids, budget)?;
     let mut patch = Patch::new(cal);
     let mut created = Vec::new();
     let mut found = false;

@@ -46,7 +46,10 @@ use std::collections::BTreeSet;
 pub use edit::EditError;
 pub use line::{ParseError, ParseErrorKind};
 pub use param::Param;
-pub use recur::{parse_rid_list, RidError, RidSpec, MAX_INSTANCES};
+pub use recur::{
+    parse_rid_list, Budget, RidError, RidSpec, DEFAULT_MAX_EXPANDED_INSTANCES,
+    DEFAULT_MAX_EXPANSION_TIME, DEFAULT_MAX_RECURRENCE_LINES,
+};
 
 use line::{Comp, Kind, Line};
 

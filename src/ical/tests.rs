@@ -484,6 +484,67 @@ fn unbounded_rule_far_target_is_too_complex_and_impossible_rule_terminates() {
     assert!(add_err(&never, "20250501T100000Z").is_rid_error());
 }
 
+#[test]
+fn many_rids_share_one_budget_and_each_rule_is_expanded_once() {
+    let cal = event(&["DTSTART:20240101T100000Z", "RRULE:FREQ=DAILY"]);
+    // 300 instances in the first year: one pass of ~365 instances checks them all.
+    let list: Vec<String> = (0..300)
+        .map(|d| {
+            (chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + chrono::Days::new(d))
+                .format("%Y%m%dT100000Z")
+                .to_string()
+        })
+        .collect();
+    let list = rids(&list.join(","));
+    let mut budget = Budget::new(1000, 10, std::time::Duration::from_secs(10));
+    edit::add_attach_within(&cal, Some(&list), &att("n1"), &mut budget).unwrap();
+    assert!(budget.instances_left() >= 1000 - 302, "{budget:?}");
+    // The same list again exceeds what is left of the budget.
+    let mut small = Budget::new(200, 10, std::time::Duration::from_secs(10));
+    let err = edit::add_attach_within(&cal, Some(&list), &att("n1"), &mut small).unwrap_err();
+    assert!(matches!(err, EditError::TooComplex(_)), "{err:?}");
+}
+
+#[test]
+fn too_many_recurrence_lines_refuse_an_instance_rid_but_not_the_master() {
+    let mut props = vec!["DTSTART:20240101T100000Z", "RRULE:FREQ=DAILY"];
+    let exrules: Vec<String> = (0..20)
+        .map(|i| format!("EXRULE:FREQ=SECONDLY;BYSECOND={}", i % 60))
+        .collect();
+    props.extend(exrules.iter().map(String::as_str));
+    let cal = event(&props);
+    let mut budget = Budget::new(1_000_000, 10, std::time::Duration::from_secs(10));
+    let err = edit::add_attach_within(
+        &cal,
+        Some(&rids("20240105T100000Z")),
+        &att("n1"),
+        &mut budget,
+    )
+    .unwrap_err();
+    assert!(matches!(err, EditError::TooComplex(_)), "{err:?}");
+    assert!(err.is_rid_error());
+    assert_eq!(budget.instances_left(), 1_000_000, "nothing was expanded");
+    edit::add_attach_within(&cal, Some(&rids("M")), &att("n1"), &mut budget).unwrap();
+}
+
+#[test]
+fn secondly_rule_with_many_exrules_is_refused_within_the_instance_budget() {
+    let mut props = vec!["DTSTART:20240101T100000Z", "RRULE:FREQ=SECONDLY"];
+    let exrules: Vec<String> = (0..100)
+        .map(|i| format!("EXRULE:FREQ=SECONDLY;BYSECOND={}", i % 60))
+        .collect();
+    props.extend(exrules.iter().map(String::as_str));
+    let cal = event(&props);
+    let started = std::time::Instant::now();
+    let err = add_err(&cal, "20240102T100000Z");
+    assert!(matches!(err, EditError::TooComplex(_)), "{err:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 // ---- edits ----
 
 #[test]

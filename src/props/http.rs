@@ -107,6 +107,12 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     let (parts, incoming) = req.into_parts();
+    // A client that stalls mid-body is dropped after `server.body_idle_timeout`; a body
+    // left unread by a refusal is read on, so the client hears it.
+    let incoming: RequestBody = body::Lingering::new(
+        body::IdleTimeout::new(incoming, state.upstream.body_idle_timeout()),
+        &parts.headers,
+    );
     let prefix = read_prefix(incoming, MAX_REQUEST_BODY).await?;
     let truncated = prefix.rest.is_some();
     match parts.method.as_str() {
@@ -503,11 +509,14 @@ async fn lookup_calendars(
 
 // === request body prefix ===
 
+/// The request body as this route reads it.
+type RequestBody = body::Lingering<body::IdleTimeout<Incoming>>;
+
 /// The first bytes of a request body and, when the body was longer, the rest unread.
 struct Prefix {
     data: Bytes,
     trailers: Option<HeaderMap>,
-    rest: Option<Incoming>,
+    rest: Option<RequestBody>,
 }
 
 impl Prefix {
@@ -532,7 +541,7 @@ impl Prefix {
 }
 
 /// Reads until the body ends or more than `bound` bytes arrived.
-async fn read_prefix(mut incoming: Incoming, bound: usize) -> Result<Prefix, Error> {
+async fn read_prefix(mut incoming: RequestBody, bound: usize) -> Result<Prefix, Error> {
     let mut data = BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = incoming.frame().await {

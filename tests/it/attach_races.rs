@@ -86,8 +86,10 @@ async fn unconditional_post_reapplies_its_edit_over_a_concurrent_put(env: &Env) 
 }
 
 /// `commit_deadline` is raised from the default 10 s: 20 writers on one slow test
-/// upstream, under load, may need longer.
-const TWENTY_WRITERS: &str = "[attachments]\ncommit_deadline = \"60s\"\n";
+/// upstream, under load, may need longer. One user makes all twenty uploads: its share
+/// is the whole of the upload slots.
+const TWENTY_WRITERS: &str =
+    "[attachments]\ncommit_deadline = \"60s\"\nmax_concurrent_uploads_per_user = 64\n";
 
 /// Sends 20 unconditional adds to one event at once; returns the replies and the
 /// object afterwards.

@@ -1023,7 +1023,8 @@ async fn fifty_concurrent_adds_with_summary_edits_all_land() {
         format!("/{USER}/calendar/"),
         Backend::Local,
         "[upstream]\nresponse_timeout = \"30s\"\n\
-         [attachments]\ncommit_deadline = \"120s\"\nmax_attachments_per_resource = 60\n",
+         [attachments]\ncommit_deadline = \"120s\"\nmax_attachments_per_resource = 60\n\
+         max_concurrent_uploads_per_user = 64\n",
         false,
     )
     .await;

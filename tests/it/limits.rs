@@ -105,7 +105,9 @@ async fn uploads_beyond_the_maximum_get_503_with_retry_after() {
     let proxy = Calattach::start(
         up,
         Storage::Local,
-        "[server]\nbody_idle_timeout = \"10s\"\n[attachments]\nmax_concurrent_uploads = 2\n",
+        // One user makes all three uploads: its share is the whole of the slots here.
+        "[server]\nbody_idle_timeout = \"10s\"\n[attachments]\nmax_concurrent_uploads = 2\n\
+         max_concurrent_uploads_per_user = 2\n",
     );
     let href = event(up).await;
     let mut first = stalled_upload(proxy.port(), &href, 20, 5);

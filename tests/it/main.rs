@@ -18,6 +18,7 @@ mod failure;
 mod faults;
 mod gc;
 mod group_commit;
+mod hardening;
 mod limits;
 mod logs;
 mod metrics;
