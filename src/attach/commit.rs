@@ -466,7 +466,7 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
             ));
             break fail_all(&members, e.into_response(), true).await;
         }
-        tracing::warn!(%path, attempt, status = status.as_u16(), "commit not applied (412, 423 or a server error), re-applying edit");
+        tracing::warn!(%path, attempt, status = status.as_u16(), "commit not applied (412 on commit, 423 locked, or a server error read back as not applied), re-applying edit");
         tokio::time::sleep(pause).await;
         object = match reread {
             Some(o) => o,

@@ -12,14 +12,16 @@ use bytes::Bytes;
 use crate::attach::{assert_precondition, conformance, master, Env};
 use crate::harness::{Calattach, Reply, Storage};
 
-const ROOMY: &str =
-    "[attachments]\nmax_attachments_per_resource = 100\ncommit_deadline = \"60s\"\n";
+/// One user makes every upload here: its share of the upload slots is all of them.
+const ROOMY: &str = "[attachments]\nmax_attachments_per_resource = 100\n\
+                     commit_deadline = \"60s\"\nmax_concurrent_uploads_per_user = 64\n";
 
 conformance! {
     fifty_concurrent_adds_and_interleaved_client_puts_all_land => super::ROOMY;
     concurrent_adds_updates_and_removes_on_one_object_all_land => super::ROOMY;
     a_batch_member_over_the_per_resource_limit_fails_alone =>
-        "[attachments]\nmax_attachments_per_resource = 3\ncommit_deadline = \"60s\"\n";
+        "[attachments]\nmax_attachments_per_resource = 3\ncommit_deadline = \"60s\"\n\
+         max_concurrent_uploads_per_user = 64\n";
 }
 
 fn payload(n: usize) -> Bytes {
