@@ -152,6 +152,8 @@ pub struct RawAttachments {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStorage {
     pub url: Option<String>,
+    pub part_size: Option<SizeValue>,
+    pub upload_buffer: Option<SizeValue>,
     pub options: BTreeMap<String, toml::Value>,
 }
 
@@ -290,6 +292,11 @@ pub enum DownloadMode {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub url: Url,
+    /// S3 multipart part size (5 MiB to 5 GiB).
+    pub part_size: u64,
+    /// Part buffers of all S3 uploads at once; an upload that finds no room within a few
+    /// seconds gets `503 Retry-After`.
+    pub upload_buffer: u64,
     pub options: Vec<(String, String)>,
 }
 
@@ -493,8 +500,36 @@ impl Config {
 
         let st = raw.storage;
         let storage_url = st.url.as_deref().unwrap_or(DEFAULT_STORAGE_URL);
+        let part_size = size(
+            "storage.part_size",
+            st.part_size,
+            crate::store::DEFAULT_PART_SIZE,
+        )?;
+        const MIN_PART: u64 = 5 * 1024 * 1024;
+        const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+        if !(MIN_PART..=MAX_PART).contains(&part_size) {
+            return Err(ConfigError::value(
+                "storage.part_size",
+                part_size,
+                "S3 parts are 5MiB to 5GiB",
+            ));
+        }
+        let upload_buffer = size(
+            "storage.upload_buffer",
+            st.upload_buffer,
+            crate::store::DEFAULT_UPLOAD_BUFFER,
+        )?;
+        if upload_buffer < part_size {
+            return Err(ConfigError::value(
+                "storage.upload_buffer",
+                upload_buffer,
+                format!("must hold at least one part (storage.part_size = {part_size})"),
+            ));
+        }
         let storage = StorageConfig {
             url: parse_storage_url(storage_url)?,
+            part_size,
+            upload_buffer,
             options: st
                 .options
                 .into_iter()
@@ -837,6 +872,8 @@ mod tests {
             "threads",
             "max_concurrent_uploads",
             "url",
+            "part_size",
+            "upload_buffer",
             "connect_timeout",
             "response_timeout",
             "preserve_host",
