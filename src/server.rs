@@ -99,6 +99,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(State::new(config)?);
     startup_probe(&state).await?;
+    tokio::spawn(crate::gc::note_leftovers(state.clone()));
     let threads = state.config.server.threads;
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -24,4 +24,5 @@ mod props;
 mod servers;
 mod streaming;
 mod transparency;
+mod uploads;
 mod upstream_pool;
