@@ -304,7 +304,10 @@ async fn thirty_two_concurrent_local_uploads_keep_peak_rss_under_96_mib() {
         stored.push((env.added(&reply), bytes));
     }
     let peak = env.proxy.peak_rss();
-    eprintln!("peak RSS with {UPLOADS} uploads at once: {} MiB", peak >> 20);
+    eprintln!(
+        "peak RSS with {UPLOADS} uploads at once: {} MiB",
+        peak >> 20
+    );
     for (added, bytes) in stored {
         let got = env.download(&added.location).await;
         assert!(got.body == bytes, "{} is not stored exactly", added.id);
