@@ -11,10 +11,11 @@
 //! refs/<sha256(href) hex>/<id> empty marker: index from a calendar object to its ids
 //! holders/<id>/<sha256(href) hex> marker (JSON Holder): reverse index, written by the guard
 //! audience/<id>.json           organizer + attendees (Audience); the one overwritten object
+//! uploads/<id>.json            UploadRecord: an upload in progress (deleted when it ends)
 //! ```
 //!
-//! Every object but `audience/<id>.json` (advisory, see [`Audience`]) is written exactly
-//! once and never updated: `LocalFileSystem` has no
+//! Every object but `audience/<id>.json` (advisory, see [`Audience`]) and the short-lived
+//! `uploads/<id>.json` is written exactly once and never updated: `LocalFileSystem` has no
 //! `PutMode::Update`, and write-once objects let any number of calattach instances and `gc`
 //! runs race without locks. The state of an id follows from which objects exist:
 //!
@@ -36,10 +37,12 @@
 //! index is thus a superset of what the upstream object references, never a subset: `gc`
 //! checks the upstream anyway, and a quota counted from it errs on the safe side.
 //!
-//! * crash during `put_blob`: nothing is visible under `blobs/<id>`. A multipart upload
-//!   that was neither completed nor aborted may linger as an incomplete S3 upload (give the
-//!   bucket an `AbortIncompleteMultipartUpload` lifecycle rule) or as a `blobs/<id>#<n>`
-//!   staging file on a local disk; neither is listed nor ever referenced.
+//! * crash during `put_blob`: nothing is visible under `blobs/<id>`. Its local staging
+//!   file `blobs/<id>#0` (hidden from listings) or its incomplete S3 multipart upload is
+//!   named by `uploads/<id>.json`, written before either exists, with the owner process;
+//!   `gc` clears both once the record is older than `pending_grace` and the process is
+//!   gone ([`Store::list_uploads`], [`Store::clear_upload`]). The one gap: a crash between
+//!   creating a multipart upload and writing its record leaves an upload without parts.
 //! * crash between `put_blob` and `put_meta`: a blob without metadata. Nothing references
 //!   it (the upstream commit comes later); [`Store::list_blobs`] lets `gc` find blobs
 //!   whose metadata is missing and older than any upload in progress.
