@@ -12,7 +12,9 @@
 
 use crate::attach::{Backend, Env};
 use crate::faults::{File, Lab};
-use crate::harness::Kind;
+use crate::harness::calattach::run_to_exit;
+use crate::harness::seaweedfs::SeaweedFs;
+use crate::harness::{Calattach, Client, Kind, Storage, Upstream};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -382,4 +384,71 @@ async fn s3_upload_buffer_budget_refuses_with_503_rather_than_exceeding_itself()
         .collect();
     assert_eq!(lab.assert_object_sound(&other, &files).await.len(), 1);
     assert_eq!(records(&lab), Vec::<String>::new());
+}
+
+/// The same on SeaweedFS (the S3 server docker-compose ships): killed with a multipart
+/// upload in progress, restarted, `calattach gc` aborts it and nothing remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_upload_then_gc_aborts_the_multipart_upload_seaweedfs() {
+    let up = Upstream::radicale();
+    let sw = SeaweedFs::shared();
+    let (storage, bucket) = sw.storage_toml();
+    let extra = format!(
+        "{storage}[attachments]\nmax_attachment_size = \"32MiB\"\n\
+         [gc]\nretention = \"0\"\npending_grace = \"0\"\n"
+    );
+    let mut proxy = Calattach::start(up, Storage::Local, &extra);
+    let cal = up.new_calendar(crate::attach::USER, "uploads").await;
+    let href = format!("{cal}{}.ics", crate::harness::unique("ev"));
+    let uid = crate::harness::unique("uid");
+    up.put_event(
+        crate::attach::USER,
+        &href,
+        &crate::transparency::event(&uid, "Killed upload", "20261201T100000Z"),
+    )
+    .await;
+    let (tx, body) = channel_body();
+    let request = Client::new()
+        .request("POST", &proxy.url(&format!("{href}?action=attachment-add")))
+        .basic(crate::attach::USER, up.password(crate::attach::USER))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Disposition", "attachment; filename=\"big.bin\"")
+        .stream(body);
+    let task = tokio::spawn(async move { request.try_send(Duration::from_secs(60)).await.ok() });
+    send_all(&tx, &crate::faults::content("seaweedfs-killed", 6 * MIB));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recorded = || {
+        sw.shell(&format!("fs.ls /buckets/{bucket}/uploads/"))
+            .contains(".json")
+    };
+    while sw.incomplete_uploads(&bucket).is_empty() || !recorded() {
+        assert!(
+            Instant::now() < deadline,
+            "no multipart upload and record\n{}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.proc.signal("KILL");
+    assert!(proxy.proc.wait_timeout(Duration::from_secs(10)).is_some());
+    drop((tx, task));
+    let left = sw.incomplete_uploads(&bucket);
+    eprintln!("multipart uploads after the kill: {left:?}");
+    assert_eq!(left.len(), 1, "after the kill");
+
+    let again = Calattach::start(up, Storage::Local, &extra);
+    let config = again.dir().join("proxy.toml");
+    let gc = run_to_exit(again.dir(), &["gc", "-c", &config.to_string_lossy()], &[]);
+    assert_eq!(gc.code, Some(0), "{}{}", gc.stdout, gc.stderr);
+    assert!(
+        gc.stdout.contains("1 interrupted uploads cleared"),
+        "{}{}\nfirst calattach:\n{}",
+        gc.stdout,
+        gc.stderr,
+        proxy.stderr()
+    );
+    assert_eq!(sw.incomplete_uploads(&bucket), Vec::<String>::new());
+    let records = sw.shell(&format!("fs.ls /buckets/{bucket}/uploads/"));
+    assert!(!records.contains(".json"), "records left: {records}");
 }
