@@ -294,8 +294,9 @@ pub struct StorageConfig {
     pub url: Url,
     /// S3 multipart part size (5 MiB to 5 GiB).
     pub part_size: u64,
-    /// Part buffers of all S3 uploads at once; an upload that finds no room within a few
-    /// seconds gets `503 Retry-After`.
+    /// Part buffers of all S3 uploads at once (default `max_concurrent_uploads` ×
+    /// `part_size`); an upload that finds no room within a few seconds gets
+    /// `503 Retry-After`.
     pub upload_buffer: u64,
     pub options: Vec<(String, String)>,
 }
@@ -514,10 +515,12 @@ impl Config {
                 "S3 parts are 5MiB to 5GiB",
             ));
         }
+        // By default every upload slot can hold one part: the budget then only limits
+        // the extra parts uploading in parallel, and never refuses an upload.
         let upload_buffer = size(
             "storage.upload_buffer",
             st.upload_buffer,
-            crate::store::DEFAULT_UPLOAD_BUFFER,
+            part_size.saturating_mul(attachments.max_concurrent_uploads as u64),
         )?;
         if upload_buffer < part_size {
             return Err(ConfigError::value(
@@ -902,6 +905,28 @@ mod tests {
                     .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
                 "{key} is not documented in proxy.toml.example"
             );
+        }
+    }
+
+    #[test]
+    fn storage_part_size_and_upload_buffer_are_checked_and_default_to_one_part_per_slot() {
+        let cfg = Config::parse(MINIMAL, "t", &env(&[])).unwrap();
+        assert_eq!(cfg.storage.part_size, 5 * 1024 * 1024);
+        assert_eq!(cfg.storage.upload_buffer, 64 * 5 * 1024 * 1024);
+        let text = format!(
+            "{MINIMAL}[attachments]\nmax_concurrent_uploads = 4\n[storage]\npart_size = \"8MiB\"\n"
+        );
+        let cfg = Config::parse(&text, "t", &env(&[])).unwrap();
+        assert_eq!(cfg.storage.upload_buffer, 4 * 8 * 1024 * 1024);
+        for (bad, key) in [
+            ("part_size = \"4MiB\"", "storage.part_size"),
+            ("part_size = \"6GiB\"", "storage.part_size"),
+            ("upload_buffer = \"1MiB\"", "storage.upload_buffer"),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}[storage]\n{bad}\n"), "t", &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{bad}: {err}");
         }
     }
 
