@@ -41,14 +41,14 @@ pub struct State {
 impl State {
     pub fn new(config: Config) -> Result<State, Error> {
         let upstream = Upstream::new(&config.upstream, &config.server)?;
-        let store = Store::from_url(&config.storage.url, &config.storage.options)
-            .map_err(|e| {
-                Error::Config(format!(
-                    "storage.url = {:?}: {e}",
-                    config.storage.url.as_str()
-                ))
-            })?
-            .with_upload_buffer(config.storage.part_size, config.storage.upload_buffer);
+        let store = Store::from_url(&config.storage.url, &config.storage.options).map_err(|e| {
+            Error::Config(format!(
+                "storage.url = {:?}: {e}",
+                config.storage.url.as_str()
+            ))
+        })?;
+        let store =
+            store.with_upload_buffer(config.storage.part_size, config.storage.upload_buffer);
         let identity = Arc::new(IdentityCache::new(config.identity.clone()));
         let uploads = Arc::new(tokio::sync::Semaphore::new(
             config.attachments.max_concurrent_uploads,
