@@ -154,11 +154,12 @@ async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitC
     };
     let report = crate::gc::run(&state, &opts, |line| println!("{line}")).await;
     println!(
-        "gc{}: {} tombstones, {} pending and {} orphan blobs deleted; {} pending promoted, {} left; {} errors",
+        "gc{}: {} tombstones, {} pending and {} orphan blobs deleted; {} interrupted uploads cleared; {} pending promoted, {} left; {} errors",
         if dry_run { " (dry run)" } else { "" },
         report.tombstones_deleted,
         report.pending_deleted,
         report.orphan_blobs_deleted,
+        report.uploads_cleared,
         report.pending_promoted,
         report.pending_left,
         report.errors

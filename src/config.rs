@@ -164,6 +164,8 @@ pub struct RawAttachments {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStorage {
     pub url: Option<String>,
+    pub part_size: Option<SizeValue>,
+    pub upload_buffer: Option<SizeValue>,
     pub options: BTreeMap<String, toml::Value>,
 }
 
@@ -340,6 +342,12 @@ pub enum DownloadMode {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub url: Url,
+    /// S3 multipart part size (5 MiB to 5 GiB).
+    pub part_size: u64,
+    /// Part buffers of all S3 uploads at once (default `max_concurrent_uploads` ×
+    /// `part_size`); an upload that finds no room within a few seconds gets
+    /// `503 Retry-After`.
+    pub upload_buffer: u64,
     pub options: Vec<(String, String)>,
 }
 
@@ -587,8 +595,38 @@ impl Config {
 
         let st = raw.storage;
         let storage_url = st.url.as_deref().unwrap_or(DEFAULT_STORAGE_URL);
+        let part_size = size(
+            "storage.part_size",
+            st.part_size,
+            crate::store::DEFAULT_PART_SIZE,
+        )?;
+        const MIN_PART: u64 = 5 * 1024 * 1024;
+        const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+        if !(MIN_PART..=MAX_PART).contains(&part_size) {
+            return Err(ConfigError::value(
+                "storage.part_size",
+                part_size,
+                "S3 parts are 5MiB to 5GiB",
+            ));
+        }
+        // By default every upload slot can hold one part: the budget then only limits
+        // the extra parts uploading in parallel, and never refuses an upload.
+        let upload_buffer = size(
+            "storage.upload_buffer",
+            st.upload_buffer,
+            part_size.saturating_mul(attachments.max_concurrent_uploads as u64),
+        )?;
+        if upload_buffer < part_size {
+            return Err(ConfigError::value(
+                "storage.upload_buffer",
+                upload_buffer,
+                format!("must hold at least one part (storage.part_size = {part_size})"),
+            ));
+        }
         let storage = StorageConfig {
             url: parse_storage_url(storage_url)?,
+            part_size,
+            upload_buffer,
             options: st
                 .options
                 .into_iter()
@@ -937,6 +975,8 @@ mod tests {
             "max_expansion_time",
             "allowed_origins",
             "url",
+            "part_size",
+            "upload_buffer",
             "connect_timeout",
             "response_timeout",
             "preserve_host",
@@ -966,6 +1006,28 @@ mod tests {
                     .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
                 "{key} is not documented in proxy.toml.example"
             );
+        }
+    }
+
+    #[test]
+    fn storage_part_size_and_upload_buffer_are_checked_and_default_to_one_part_per_slot() {
+        let cfg = Config::parse(MINIMAL, "t", &env(&[])).unwrap();
+        assert_eq!(cfg.storage.part_size, 5 * 1024 * 1024);
+        assert_eq!(cfg.storage.upload_buffer, 64 * 5 * 1024 * 1024);
+        let text = format!(
+            "{MINIMAL}[attachments]\nmax_concurrent_uploads = 4\n[storage]\npart_size = \"8MiB\"\n"
+        );
+        let cfg = Config::parse(&text, "t", &env(&[])).unwrap();
+        assert_eq!(cfg.storage.upload_buffer, 4 * 8 * 1024 * 1024);
+        for (bad, key) in [
+            ("part_size = \"4MiB\"", "storage.part_size"),
+            ("part_size = \"6GiB\"", "storage.part_size"),
+            ("upload_buffer = \"1MiB\"", "storage.upload_buffer"),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}[storage]\n{bad}\n"), "t", &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{bad}: {err}");
         }
     }
 

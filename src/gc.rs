@@ -13,7 +13,13 @@
 //!   a service credential, or when the upstream refuses it, pending ids are reported and
 //!   left alone;
 //! * **orphan blobs** (a blob without metadata: a crash between the blob write and the
-//!   metadata write) older than `gc.pending_grace`.
+//!   metadata write) older than `gc.pending_grace`;
+//! * **interrupted uploads**: an `uploads/<id>.json` record (`Store::put_blob` writes one
+//!   before its staging file or multipart upload exists and deletes it when the upload
+//!   ends) older than `gc.pending_grace` whose process is gone. Its local staging file is
+//!   deleted or its S3 multipart upload aborted, then the record. An upload whose owner
+//!   process still runs on this host is never touched, whatever its age; one from another
+//!   host is judged by age alone, so `pending_grace` must exceed the longest upload.
 //!
 //! Concurrency: every deletion is idempotent (`Store::discard` tolerates objects that are
 //! already gone), and markers are create-only, so two gc runs and any number of serving
@@ -30,7 +36,7 @@ use http::HeaderMap;
 use crate::attach::{self, Caller, Fetched};
 use crate::ical::Calendar;
 use crate::server::State;
-use crate::store::{AttachmentId, State as AttState};
+use crate::store::{AttachmentId, Leftover, State as AttState};
 
 /// What one gc pass did (or would do, in a dry run).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub struct Report {
     /// Live ids whose update/remove commit happened without its tombstone (a crash or a
     /// lost answer), tombstoned now.
     pub released: u64,
+    /// Staging files deleted and multipart uploads aborted that crashed uploads left.
+    pub uploads_cleared: u64,
     pub errors: u64,
 }
 
@@ -289,6 +297,8 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
         }
     }
 
+    uploads(state, opts, &mut say, &mut report).await;
+
     // Blobs without metadata: a crash between put_blob and put_meta.
     let blobs: Vec<_> = match state.store.list_blobs().try_collect().await {
         Ok(b) => b,
@@ -337,6 +347,123 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
         ));
     }
     report
+}
+
+/// What became of an upload, from its record.
+#[derive(Debug, PartialEq, Eq)]
+enum Upload {
+    /// Younger than the grace: may still be running elsewhere.
+    Young,
+    /// Its owner process still runs on this host.
+    Running,
+    /// Older than the grace and not running here: what it left may be cleared.
+    Interrupted,
+}
+
+fn judge(l: &Leftover, now: chrono::DateTime<Utc>, grace: Duration) -> Upload {
+    let age = (now - l.record.started).to_std().unwrap_or_default();
+    if l.record.owner.is_alive() == Some(true) {
+        Upload::Running
+    } else if age < grace {
+        Upload::Young
+    } else {
+        Upload::Interrupted
+    }
+}
+
+fn describe(l: &Leftover) -> String {
+    let what = match (&l.record.multipart_id, &l.record.staging) {
+        (Some(mid), _) => format!("multipart upload {mid}"),
+        (None, Some(file)) => format!("staging file {file}"),
+        (None, None) => "nothing".to_owned(),
+    };
+    format!(
+        "{what}; started {} by pid {} on {}",
+        l.record.started.to_rfc3339(),
+        l.record.owner.pid,
+        l.record.owner.host
+    )
+}
+
+/// Clears what interrupted uploads left: staging files, incomplete multipart uploads.
+async fn uploads(state: &State, opts: &Options, say: &mut impl FnMut(String), report: &mut Report) {
+    let listed = match state.store.list_uploads().await {
+        Ok(l) => l,
+        Err(e) => {
+            say(format!("error: listing uploads: {e}"));
+            report.errors += 1;
+            return;
+        }
+    };
+    let now = Utc::now();
+    for l in listed {
+        let l = match l {
+            Ok(l) => l,
+            Err(e) => {
+                say(format!("error: reading an upload record: {e}"));
+                report.errors += 1;
+                continue;
+            }
+        };
+        let id = l.record.id.as_str();
+        match judge(&l, now, opts.pending_grace) {
+            Upload::Young => {}
+            Upload::Running => say(format!(
+                "left upload {id}: still running ({})",
+                describe(&l)
+            )),
+            Upload::Interrupted if opts.dry_run => {
+                report.uploads_cleared += 1;
+                say(format!(
+                    "would clear interrupted upload {id} ({})",
+                    describe(&l)
+                ));
+            }
+            Upload::Interrupted => match state.store.clear_upload(&l.record).await {
+                Ok(true) => {
+                    report.uploads_cleared += 1;
+                    say(format!(
+                        "cleared interrupted upload {id} ({})",
+                        describe(&l)
+                    ));
+                }
+                // Another gc run cleared it, or the upload had finished: only the record
+                // was left, and is gone now.
+                Ok(false) => {}
+                Err(e) => {
+                    say(format!("error: {id}: clearing interrupted upload: {e}"));
+                    report.errors += 1;
+                }
+            },
+        }
+    }
+}
+
+/// Logs what interrupted uploads left in the store, at start: `gc` (or the periodic
+/// pass) clears it once `gc.pending_grace` has passed.
+pub async fn note_leftovers(state: std::sync::Arc<State>) {
+    let listed = match state.store.list_uploads().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing upload records failed");
+            return;
+        }
+    };
+    let now = Utc::now();
+    for l in listed.into_iter().flatten() {
+        // An owner on another host may still be running: only age tells.
+        let dead = match l.record.owner.is_alive() {
+            Some(alive) => !alive,
+            None => judge(&l, now, state.config.gc.pending_grace) == Upload::Interrupted,
+        };
+        if dead {
+            tracing::warn!(
+                id = %l.record.id.as_str(),
+                left = %describe(&l),
+                "interrupted upload left data in storage; gc clears it"
+            );
+        }
+    }
 }
 
 /// Runs one store change unless this is a dry run. A failure is said and counted, and
@@ -433,6 +560,7 @@ pub async fn periodic(state: std::sync::Arc<State>, interval: Duration) {
                 ("pending_left", report.pending_left),
                 ("orphan_blobs_deleted", report.orphan_blobs_deleted),
                 ("released", report.released),
+                ("uploads_cleared", report.uploads_cleared),
             ],
             report.errors,
         );

@@ -50,6 +50,8 @@ impl State {
                 config.storage.url.as_str()
             ))
         })?;
+        let store =
+            store.with_upload_buffer(config.storage.part_size, config.storage.upload_buffer);
         let identity = Arc::new(IdentityCache::new(config.identity.clone()));
         let uploads = Arc::new(attach::slots::UploadSlots::new(
             config.attachments.max_concurrent_uploads,
@@ -103,6 +105,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let state = Arc::new(State::new(config)?);
     startup_probe(&state).await?;
+    tokio::spawn(crate::gc::note_leftovers(state.clone()));
     let threads = state.config.server.threads;
     tracing::info!(
         listen = %listener.local_addr()?,

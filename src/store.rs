@@ -11,10 +11,11 @@
 //! refs/<sha256(href) hex>/<id> empty marker: index from a calendar object to its ids
 //! holders/<id>/<sha256(href) hex> marker (JSON Holder): reverse index, written by the guard
 //! audience/<id>.json           organizer + attendees (Audience); the one overwritten object
+//! uploads/<id>.json            UploadRecord: an upload in progress (deleted when it ends)
 //! ```
 //!
-//! Every object but `audience/<id>.json` (advisory, see [`Audience`]) is written exactly
-//! once and never updated: `LocalFileSystem` has no
+//! Every object but `audience/<id>.json` (advisory, see [`Audience`]) and the short-lived
+//! `uploads/<id>.json` is written exactly once and never updated: `LocalFileSystem` has no
 //! `PutMode::Update`, and write-once objects let any number of calattach instances and `gc`
 //! runs race without locks. The state of an id follows from which objects exist:
 //!
@@ -36,10 +37,12 @@
 //! index is thus a superset of what the upstream object references, never a subset: `gc`
 //! checks the upstream anyway, and a quota counted from it errs on the safe side.
 //!
-//! * crash during `put_blob`: nothing is visible under `blobs/<id>`. A multipart upload
-//!   that was neither completed nor aborted may linger as an incomplete S3 upload (give the
-//!   bucket an `AbortIncompleteMultipartUpload` lifecycle rule) or as a `blobs/<id>#<n>`
-//!   staging file on a local disk; neither is listed nor ever referenced.
+//! * crash during `put_blob`: nothing is visible under `blobs/<id>`. Its local staging
+//!   file `blobs/<id>#0` (hidden from listings) or its incomplete S3 multipart upload is
+//!   named by `uploads/<id>.json`, written before either exists, with the owner process;
+//!   `gc` clears both once the record is older than `pending_grace` and the process is
+//!   gone ([`Store::list_uploads`], [`Store::clear_upload`]). The one gap: a crash between
+//!   creating a multipart upload and writing its record leaves an upload without parts.
 //! * crash between `put_blob` and `put_meta`: a blob without metadata. Nothing references
 //!   it (the upstream commit comes later); [`Store::list_blobs`] lets `gc` find blobs
 //!   whose metadata is missing and older than any upload in progress.
@@ -71,6 +74,7 @@
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -84,21 +88,15 @@ use futures_util::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore,
-    ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-/// Size of one multipart part. S3 wants at least 5 MiB for every part but the last.
-const PART_SIZE: usize = 8 * 1024 * 1024;
-
-/// Parts uploading at once. With one part filling, an upload holds at most
-/// `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes, whatever the attachment size.
-const PARTS_IN_FLIGHT: usize = 2;
 
 /// Read size for local downloads; `LocalFileSystem`'s own stream reads 8 KiB at a time,
 /// one blocking-pool hop per read, which caps throughput.
@@ -399,6 +397,10 @@ pub enum PutBlobError<E> {
     Body(#[source] E),
     #[error("writing the attachment")]
     Store(#[source] StoreError),
+    /// The upload-buffer budget (`storage.upload_buffer`) had no room for another
+    /// upload within [`UPLOAD_BUFFER_WAIT`]; nothing was read or written (HTTP 503).
+    #[error("the upload buffer of {budget} bytes is in use (storage.upload_buffer)")]
+    Busy { budget: u64 },
 }
 
 // === Store ===
@@ -409,6 +411,7 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// Location without credentials, for logs.
     describe: Arc<str>,
+    uploads: Uploads,
 }
 
 impl fmt::Debug for Store {
@@ -552,14 +555,22 @@ impl Store {
                     .map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
                 let prefix = url.path().trim_matches('/');
                 let describe: Arc<str> = format!("s3://{bucket}/{prefix}").into();
-                let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(s3)
+                let s3 = Arc::new(s3);
+                let (inner, prefix): (Arc<dyn ObjectStore>, _) = if prefix.is_empty() {
+                    (s3.clone(), None)
                 } else {
                     let prefix = Path::parse(prefix)
                         .map_err(|e| StoreError::Config(format!("{url}: {e}")))?;
-                    Arc::new(PrefixStore::new(s3, prefix))
+                    (
+                        Arc::new(PrefixStore::new(s3.clone(), prefix.clone())),
+                        Some(prefix),
+                    )
                 };
-                Ok(Store { inner, describe })
+                Ok(Store {
+                    inner,
+                    describe,
+                    uploads: Uploads::Parts(Arc::new(PartUploads::new(s3, prefix))),
+                })
             }
             other => Err(StoreError::Config(format!(
                 "{url}: unsupported storage scheme {other} (file, s3 or memory)"
@@ -584,25 +595,56 @@ impl Store {
         Ok(Store {
             inner: Arc::new(fs),
             describe: format!("file://{}", canonical.display()).into(),
+            uploads: Uploads::Local {
+                root: canonical,
+                fsync,
+            },
         })
     }
 
     /// An empty store in memory, for tests.
     pub fn in_memory() -> Store {
+        let memory = Arc::new(InMemory::new());
         Store {
-            inner: Arc::new(InMemory::new()),
+            inner: memory.clone(),
             describe: "memory://".into(),
+            uploads: Uploads::Parts(Arc::new(PartUploads::new(memory, None))),
         }
+    }
+
+    /// Sets the multipart part size and the upload-buffer budget shared by all uploads
+    /// (`storage.part_size`, `storage.upload_buffer`). Local storage uses neither: it
+    /// writes each upload to its staging file as it arrives.
+    pub fn with_upload_buffer(mut self, part_size: u64, budget: u64) -> Store {
+        if let Uploads::Parts(parts) = &self.uploads {
+            let mut tuned = PartUploads::new(parts.store.clone(), parts.prefix.clone());
+            tuned.set_limits(part_size, budget);
+            self.uploads = Uploads::Parts(Arc::new(tuned));
+        }
+        self
     }
 
     /// Streams `body` into `blobs/<id>`, counting and hashing as it goes.
     ///
-    /// Memory stays below `(PARTS_IN_FLIGHT + 1) * PART_SIZE` whatever the size: bodies
-    /// up to one part are written with a single put, larger ones with a multipart upload
-    /// whose parts are awaited before more of the body is read. On any error
-    /// (`TooLarge` as soon as the count passes `max_size`, `Body`, `Store`) the upload is
-    /// aborted and nothing remains under `blobs/<id>`; dropping the future aborts too.
-    /// The blob is not referenced by anything until [`Store::put_meta`].
+    /// * Local disk: the body goes to a staging file `blobs/<id>#0` as it arrives, in
+    ///   [`LOCAL_WRITE_CHUNK`] writes with one write in flight (at most two chunks in
+    ///   memory per upload), then `fsync` and rename to `blobs/<id>`.
+    /// * S3 (and memory): a body up to one part (`storage.part_size`) is buffered and
+    ///   written with a single put; a larger one becomes a multipart upload with up to
+    ///   [`PARTS_IN_FLIGHT`] parts uploading while the next fills. Every part buffer is
+    ///   reserved from the store's upload-buffer budget (`storage.upload_buffer`): the
+    ///   first one before the body is read (waiting up to [`UPLOAD_BUFFER_WAIT`], else
+    ///   [`PutBlobError::Busy`]), further ones only when free, so an upload that finds
+    ///   none uploads its parts one at a time instead of exceeding the budget.
+    ///
+    /// Before a staging file or a multipart upload exists, an [`UploadRecord`] is written
+    /// to `uploads/<id>.json`; it goes when the blob is complete or the upload discarded,
+    /// and `gc` clears what a crashed process left behind from it.
+    ///
+    /// On any error (`TooLarge` as soon as the count passes `max_size`, `Body`, `Store`)
+    /// the staging file is deleted or the multipart upload aborted, and nothing remains
+    /// under `blobs/<id>`; dropping the future does the same. The blob is not referenced
+    /// by anything until [`Store::put_meta`].
     pub async fn put_blob<S, E>(
         &self,
         id: &AttachmentId,
@@ -612,86 +654,12 @@ impl Store {
     where
         S: Stream<Item = Result<Bytes, E>>,
     {
-        let path = blob_path(id);
-        let mut body = std::pin::pin!(body);
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
-        let too_large = PutBlobError::TooLarge { max_size };
-
-        // Buffer the first part: most attachments fit and then take one request.
-        let mut first: Vec<Bytes> = Vec::new();
-        let mut buffered = 0usize;
-        while buffered < PART_SIZE {
-            match body.next().await {
-                None => {
-                    let payload: PutPayload = first.into_iter().collect();
-                    // Overwrite, not Create: a retried request whose first attempt
-                    // succeeded would fail with AlreadyExists; ids are random and fresh.
-                    self.inner.put(&path, payload).await.map_err(|e| {
-                        PutBlobError::Store(StoreError::from_object_store(e, &path))
-                    })?;
-                    return Ok(BlobInfo {
-                        size,
-                        sha256: hex(&hasher.finalize()),
-                    });
-                }
-                Some(Err(e)) => return Err(PutBlobError::Body(e)),
-                Some(Ok(chunk)) => {
-                    size += chunk.len() as u64;
-                    if size > max_size {
-                        return Err(too_large);
-                    }
-                    hasher.update(&chunk);
-                    buffered += chunk.len();
-                    first.push(chunk);
-                }
+        match &self.uploads {
+            Uploads::Local { root, fsync } => {
+                self.put_local(root, *fsync, id, body, max_size).await
             }
+            Uploads::Parts(parts) => self.put_parts(parts, id, body, max_size).await,
         }
-
-        let upload = self
-            .inner
-            .put_multipart(&path)
-            .await
-            .map_err(|e| PutBlobError::Store(StoreError::from_object_store(e, &path)))?;
-        let mut writer = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)));
-        for chunk in first {
-            writer.get().put(chunk);
-        }
-        let failure = loop {
-            match body.next().await {
-                None => break None,
-                Some(Err(e)) => break Some(PutBlobError::Body(e)),
-                Some(Ok(chunk)) => {
-                    size += chunk.len() as u64;
-                    if size > max_size {
-                        break Some(too_large);
-                    }
-                    hasher.update(&chunk);
-                    if let Err(e) = writer.get().wait_for_capacity(PARTS_IN_FLIGHT).await {
-                        break Some(PutBlobError::Store(StoreError::from_object_store(e, &path)));
-                    }
-                    writer.get().put(chunk);
-                }
-            }
-        };
-        let Some(writer) = writer.0.take() else {
-            unreachable!("writer is only taken here")
-        };
-        if let Some(failure) = failure {
-            if let Err(e) = writer.abort().await {
-                tracing::warn!(%path, error = %e, "aborting multipart upload failed");
-            }
-            return Err(failure);
-        }
-        // finish() aborts the upload itself when completing fails.
-        writer
-            .finish()
-            .await
-            .map_err(|e| PutBlobError::Store(StoreError::from_object_store(e, &path)))?;
-        Ok(BlobInfo {
-            size,
-            sha256: hex(&hasher.finalize()),
-        })
     }
 
     /// Writes `meta/<id>.json` once. Writing identical metadata again succeeds (a retried
@@ -1025,6 +993,735 @@ impl Store {
     }
 }
 
+// === uploads in progress (put_blob, and what gc clears after a crash) ===
+
+/// How [`Store::put_blob`] writes for this backend.
+#[derive(Clone)]
+enum Uploads {
+    /// Straight to a staging file in the store's directory.
+    Local { root: PathBuf, fsync: bool },
+    /// Single put or multipart upload through [`MultipartStore`] (S3, memory).
+    Parts(Arc<PartUploads>),
+}
+
+/// Multipart settings and the upload-buffer budget shared by every upload of a store.
+struct PartUploads {
+    store: Arc<dyn MultipartStore>,
+    /// The key prefix of an `s3://bucket/prefix` URL: [`MultipartStore`] calls take the
+    /// full key, unlike `inner` (a [`PrefixStore`]).
+    prefix: Option<Path>,
+    part_size: usize,
+    /// Bytes of part buffers all uploads may hold at once (`storage.upload_buffer`).
+    budget_bytes: u64,
+    /// The budget in KiB permits.
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl PartUploads {
+    fn new(store: Arc<dyn MultipartStore>, prefix: Option<Path>) -> PartUploads {
+        let mut p = PartUploads {
+            store,
+            prefix,
+            part_size: 0,
+            budget_bytes: 0,
+            budget: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        p.set_limits(DEFAULT_PART_SIZE, DEFAULT_UPLOAD_BUFFER);
+        p
+    }
+
+    fn set_limits(&mut self, part_size: u64, budget: u64) {
+        self.part_size = usize::try_from(part_size).unwrap_or(usize::MAX);
+        self.budget_bytes = budget;
+        let permits = usize::try_from(budget / 1024)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        self.budget = Arc::new(tokio::sync::Semaphore::new(permits));
+    }
+
+    /// Permits of one part buffer.
+    fn part_permits(&self) -> u32 {
+        u32::try_from(self.part_size.div_ceil(1024)).unwrap_or(u32::MAX)
+    }
+
+    fn full_path(&self, path: &Path) -> Path {
+        match &self.prefix {
+            Some(prefix) => Path::from_iter(prefix.parts().chain(path.parts())),
+            None => path.clone(),
+        }
+    }
+}
+
+/// Size of one multipart part by default: the S3 minimum for every part but the last.
+pub const DEFAULT_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+/// Part buffers of all S3 uploads together when not configured: one part for each of
+/// the default 64 upload slots.
+pub const DEFAULT_UPLOAD_BUFFER: u64 = 64 * DEFAULT_PART_SIZE;
+
+/// Parts uploading at once per upload (when the budget has room), besides the one filling.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// How long an S3 upload waits for room in the upload-buffer budget before it is refused.
+pub const UPLOAD_BUFFER_WAIT: Duration = Duration::from_secs(5);
+
+/// One write to a local staging file; with one write in flight while the next chunk
+/// fills, a local upload holds at most two.
+const LOCAL_WRITE_CHUNK: usize = 256 * 1024;
+
+fn upload_record_path(id: &AttachmentId) -> Path {
+    Path::from_iter(["uploads", &format!("{id}.json")])
+}
+
+/// The local staging file of `id`, relative to the store's directory (`#` + digits:
+/// object_store's listings skip it; not a [`Path`], which would escape the `#`).
+fn staging_name(id: &AttachmentId) -> String {
+    format!("blobs/{id}#0")
+}
+
+fn local_file(root: &std::path::Path, path: &Path) -> PathBuf {
+    path.parts()
+        .fold(root.to_path_buf(), |p, part| p.join(part.as_ref()))
+}
+
+/// `uploads/<id>.json`: an attachment upload in progress, written before its staging
+/// file or multipart upload exists and deleted after the blob is complete or discarded.
+/// One that outlives its process names what `gc` must clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub id: AttachmentId,
+    #[serde(with = "rfc3339")]
+    pub started: DateTime<Utc>,
+    pub owner: Owner,
+    /// The S3 multipart upload id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart_id: Option<String>,
+    /// The local staging file, relative to the store's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<String>,
+}
+
+/// The process that runs an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id`: a different one means the host rebooted since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Start time of the process in clock ticks after boot (`/proc/<pid>/stat` field 22),
+    /// so a reused pid (pid 1 of a restarted container) is not taken for the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
+}
+
+impl Owner {
+    /// This process.
+    pub fn current() -> &'static Owner {
+        static CURRENT: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+        CURRENT.get_or_init(|| {
+            let pid = std::process::id();
+            Owner {
+                pid,
+                host: hostname(),
+                boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+                start_ticks: process_start_ticks(pid),
+            }
+        })
+    }
+
+    /// Whether the owner is still running: `Some` when that can be known (it ran on this
+    /// host, Linux `/proc`), `None` otherwise (another host: only age tells).
+    pub fn is_alive(&self) -> Option<bool> {
+        let me = Owner::current();
+        if self.host != me.host {
+            return None;
+        }
+        match (&self.boot_id, &me.boot_id) {
+            (Some(then), Some(now)) if then != now => return Some(false),
+            (_, None) => return None,
+            _ => {}
+        }
+        me.start_ticks?;
+        match process_start_ticks(self.pid) {
+            None => Some(false),
+            Some(ticks) => Some(self.start_ticks.is_none_or(|then| then == ticks)),
+        }
+    }
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn hostname() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+        .or_else(|| read_trimmed("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
+/// Field 22 of `/proc/<pid>/stat`; `None` when there is no such process (or no `/proc`).
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// An upload record as listed, with the time the store gives its object.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub record: UploadRecord,
+    pub written: DateTime<Utc>,
+}
+
+/// Deletes a local upload's staging file, then its record, unless disarmed (the upload
+/// finished or was cleaned up explicitly). Synchronous: both are unlinks.
+struct LocalGuard {
+    staging: PathBuf,
+    record: PathBuf,
+    armed: bool,
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            // Staging first: a crash in between leaves the record, which gc finds.
+            let _ = std::fs::remove_file(&self.staging);
+            if let Err(e) = std::fs::remove_file(&self.record) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(record = %self.record.display(), error = %e, "removing upload record failed");
+                }
+            }
+        }
+    }
+}
+
+/// Aborts a multipart upload whose `put_blob` future was dropped (client gone), then
+/// deletes its record, in a spawned task.
+struct AbortOnDrop {
+    parts: Arc<PartUploads>,
+    inner: Arc<dyn ObjectStore>,
+    path: Path,
+    record: Path,
+    multipart_id: String,
+    armed: bool,
+}
+
+impl AbortOnDrop {
+    async fn abort(mut self) {
+        self.armed = false;
+        abort_and_forget(
+            self.parts.clone(),
+            self.inner.clone(),
+            self.path.clone(),
+            self.record.clone(),
+            self.multipart_id.clone(),
+        )
+        .await
+    }
+}
+
+async fn abort_and_forget(
+    parts: Arc<PartUploads>,
+    inner: Arc<dyn ObjectStore>,
+    path: Path,
+    record: Path,
+    multipart_id: String,
+) {
+    let full = parts.full_path(&path);
+    match parts.store.abort_multipart(&full, &multipart_id).await {
+        Err(e) if !upload_gone(&e) => {
+            tracing::warn!(%path, error = %e, "aborting multipart upload failed; gc retries it")
+        }
+        _ => {
+            // Only once nothing remains: a record left behind lets gc retry the abort.
+            if let Err(e) = inner.delete(&record).await {
+                if !matches!(e, object_store::Error::NotFound { .. }) {
+                    tracing::warn!(%record, error = %e, "removing upload record failed");
+                }
+            }
+        }
+    }
+}
+
+/// The multipart upload does not exist (any more): S3 answers `NoSuchUpload` (404),
+/// the in-memory store `UploadNotFound`.
+fn upload_gone(e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::NotFound { .. } => true,
+        object_store::Error::Generic { store, .. } => *store == "InMemory",
+        _ => false,
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(abort_and_forget(
+                    self.parts.clone(),
+                    self.inner.clone(),
+                    self.path.clone(),
+                    self.record.clone(),
+                    self.multipart_id.clone(),
+                ));
+            }
+        }
+    }
+}
+
+fn io_store_error(e: std::io::Error, path: &Path) -> StoreError {
+    StoreError::from_object_store(
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        },
+        path,
+    )
+}
+
+fn join_error(e: tokio::task::JoinError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl Store {
+    async fn put_record(&self, record: &UploadRecord) -> Result<(), StoreError> {
+        let path = upload_record_path(&record.id);
+        let json = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            source: Box::new(e),
+        })?;
+        self.inner
+            .put_opts(&path, json.into(), create())
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_object_store(e, &path))
+    }
+
+    async fn put_local<S, E>(
+        &self,
+        root: &std::path::Path,
+        fsync: bool,
+        id: &AttachmentId,
+        body: S,
+        max_size: u64,
+    ) -> Result<BlobInfo, PutBlobError<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+    {
+        let path = blob_path(id);
+        let staging = staging_name(id);
+        let record = UploadRecord {
+            id: id.clone(),
+            started: Utc::now(),
+            owner: Owner::current().clone(),
+            multipart_id: None,
+            staging: Some(staging.clone()),
+        };
+        self.put_record(&record)
+            .await
+            .map_err(PutBlobError::Store)?;
+        let mut guard = LocalGuard {
+            staging: root.join(&staging),
+            record: local_file(root, &upload_record_path(id)),
+            armed: true,
+        };
+        let store_err = |e: std::io::Error| PutBlobError::Store(io_store_error(e, &path));
+
+        let staging_file = guard.staging.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = staging_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::File::create_new(&staging_file)
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r)
+        .map_err(store_err)?;
+
+        let mut body = std::pin::pin!(body);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut file = Some(file);
+        let mut writing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>> = None;
+        let mut buf: Vec<u8> = Vec::new();
+        // Waits for the write in flight and gets the file back.
+        async fn settle(
+            file: &mut Option<std::fs::File>,
+            writing: &mut Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+        ) -> std::io::Result<std::fs::File> {
+            if let Some(w) = writing.take() {
+                *file = Some(w.await.map_err(join_error)??);
+            }
+            file.take()
+                .ok_or_else(|| std::io::Error::other("staging file lost after a failed write"))
+        }
+        loop {
+            match body.next().await {
+                None => break,
+                Some(Err(e)) => return Err(PutBlobError::Body(e)),
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > max_size {
+                        return Err(PutBlobError::TooLarge { max_size });
+                    }
+                    hasher.update(&chunk);
+                    if buf.capacity() == 0 {
+                        buf.reserve_exact(LOCAL_WRITE_CHUNK.max(chunk.len()));
+                    }
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() >= LOCAL_WRITE_CHUNK {
+                        let f = settle(&mut file, &mut writing).await.map_err(store_err)?;
+                        let data = std::mem::take(&mut buf);
+                        writing = Some(tokio::task::spawn_blocking(move || {
+                            use std::io::Write as _;
+                            (&f).write_all(&data)?;
+                            Ok(f)
+                        }));
+                    }
+                }
+            }
+        }
+        let f = settle(&mut file, &mut writing).await.map_err(store_err)?;
+        let target = local_file(root, &path);
+        let staging_file = guard.staging.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            (&f).write_all(&buf)?;
+            if fsync {
+                f.sync_all()?;
+            }
+            drop(f);
+            std::fs::rename(&staging_file, &target)?;
+            if fsync {
+                if let Some(dir) = target.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|r| r)
+        .map_err(store_err)?;
+        // The blob is complete: only the record remains to go.
+        let _ = std::fs::remove_file(&guard.record);
+        guard.armed = false;
+        Ok(BlobInfo {
+            size,
+            sha256: hex(&hasher.finalize()),
+        })
+    }
+
+    async fn put_parts<S, E>(
+        &self,
+        parts: &Arc<PartUploads>,
+        id: &AttachmentId,
+        body: S,
+        max_size: u64,
+    ) -> Result<BlobInfo, PutBlobError<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+    {
+        let path = blob_path(id);
+        let unit = parts.part_permits();
+        // The buffer of the first part, before anything is read.
+        let first_permit = match tokio::time::timeout(
+            UPLOAD_BUFFER_WAIT,
+            parts.budget.clone().acquire_many_owned(unit),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(PutBlobError::Busy {
+                    budget: parts.budget_bytes,
+                })
+            }
+        };
+        let mut permits = vec![first_permit];
+        let store_err =
+            |e: object_store::Error| PutBlobError::Store(StoreError::from_object_store(e, &path));
+
+        let mut filler = Filler {
+            body: std::pin::pin!(body),
+            hasher: Sha256::new(),
+            size: 0,
+            max_size,
+            part_size: parts.part_size,
+            part: Vec::new(),
+            len: 0,
+            carry: None,
+            ended: false,
+        };
+        filler.fill().await?;
+        if filler.finished() {
+            // One part or less: a single request, no multipart upload. Overwrite, not
+            // Create: a retried request whose first attempt succeeded would fail with
+            // AlreadyExists; ids are random and fresh.
+            self.inner
+                .put(&path, filler.take())
+                .await
+                .map_err(store_err)?;
+            return Ok(filler.info());
+        }
+
+        let full = parts.full_path(&path);
+        let multipart_id = parts
+            .store
+            .create_multipart(&full)
+            .await
+            .map_err(store_err)?;
+        let guard = AbortOnDrop {
+            parts: parts.clone(),
+            inner: self.inner.clone(),
+            path: path.clone(),
+            record: upload_record_path(id),
+            multipart_id: multipart_id.clone(),
+            armed: true,
+        };
+        let record = UploadRecord {
+            id: id.clone(),
+            started: Utc::now(),
+            owner: Owner::current().clone(),
+            multipart_id: Some(multipart_id.clone()),
+            staging: None,
+        };
+        if let Err(e) = self.put_record(&record).await {
+            guard.abort().await;
+            return Err(PutBlobError::Store(e));
+        }
+
+        type PartResult = Result<(usize, PartId), object_store::Error>;
+        let mut uploading: tokio::task::JoinSet<PartResult> = tokio::task::JoinSet::new();
+        let mut done: Vec<Option<PartId>> = Vec::new();
+        let joined = |r: Option<Result<PartResult, tokio::task::JoinError>>,
+                      done: &mut Vec<Option<PartId>>| match r {
+            Some(Ok(Ok((i, part_id)))) => {
+                done[i] = Some(part_id);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(store_err(e)),
+            Some(Err(e)) => Err(store_err(object_store::Error::JoinError { source: e })),
+            None => Ok(()),
+        };
+        let outcome: Result<(), PutBlobError<E>> = async {
+            loop {
+                let idx = done.len();
+                done.push(None);
+                let store = parts.store.clone();
+                let (full, mid, payload) = (full.clone(), multipart_id.clone(), filler.take());
+                uploading.spawn(async move {
+                    let part_id = store.put_part(&full, &mid, idx, payload).await?;
+                    Ok((idx, part_id))
+                });
+                if filler.finished() {
+                    break;
+                }
+                // Room for the next buffer: a reservation this upload holds, a new one if
+                // the budget has it, or one a finishing part frees.
+                while uploading.len() + 1 > permits.len() {
+                    if permits.len() < PARTS_IN_FLIGHT + 1 {
+                        if let Ok(p) = parts.budget.clone().try_acquire_many_owned(unit) {
+                            permits.push(p);
+                            continue;
+                        }
+                    }
+                    joined(uploading.join_next().await, &mut done)?;
+                }
+                filler.fill().await?;
+                if filler.len == 0 {
+                    // The body ended exactly at a part boundary.
+                    break;
+                }
+            }
+            while let Some(r) = uploading.join_next().await {
+                joined(Some(r), &mut done)?;
+            }
+            Ok(())
+        }
+        .await;
+        uploading.abort_all();
+        drop(permits);
+        if let Err(e) = outcome {
+            guard.abort().await;
+            return Err(e);
+        }
+        let part_ids: Vec<PartId> = done.into_iter().flatten().collect();
+        if let Err(e) = parts
+            .store
+            .complete_multipart(&full, &multipart_id, part_ids)
+            .await
+        {
+            guard.abort().await;
+            return Err(store_err(e));
+        }
+        let mut guard = guard;
+        guard.armed = false;
+        if let Err(e) = self.delete_if_present(&guard.record).await {
+            // The blob is complete; gc removes the record.
+            tracing::warn!(record = %guard.record, error = %e, "removing upload record failed");
+        }
+        Ok(filler.info())
+    }
+
+    /// Upload records in the store (for `gc`), with the time each was written.
+    /// Unreadable records are reported as errors in the stream.
+    pub async fn list_uploads(&self) -> Result<Vec<Result<Leftover, StoreError>>, StoreError> {
+        let dir = Path::from("uploads");
+        let listed: Vec<_> = self
+            .inner
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::from_object_store(e, &dir))?;
+        let mut out = Vec::with_capacity(listed.len());
+        for m in listed {
+            let bytes = match self.inner.get(&m.location).await {
+                Ok(got) => got.bytes().await,
+                Err(e) => Err(e),
+            };
+            let bytes = match bytes {
+                Ok(b) => b,
+                // Finished meanwhile.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => {
+                    out.push(Err(StoreError::from_object_store(e, &m.location)));
+                    continue;
+                }
+            };
+            out.push(
+                serde_json::from_slice::<UploadRecord>(&bytes)
+                    .map(|record| Leftover {
+                        record,
+                        written: m.last_modified,
+                    })
+                    .map_err(|e| StoreError::Corrupt {
+                        path: m.location.to_string(),
+                        source: Box::new(e),
+                    }),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Clears what the upload `record` left (its staging file, or its multipart upload,
+    /// aborted), then the record. Only for uploads whose process is gone. True when this
+    /// call removed the staging file or aborted the upload; false when it was already
+    /// gone (another gc run, or the upload had finished). Safe to repeat and to run
+    /// concurrently.
+    pub async fn clear_upload(&self, record: &UploadRecord) -> Result<bool, StoreError> {
+        let path = blob_path(&record.id);
+        let removed = match (&self.uploads, &record.multipart_id) {
+            (Uploads::Local { root, .. }, _) => {
+                // Only ever the staging file of this id, whatever the record says.
+                let file = root.join(staging_name(&record.id));
+                match tokio::task::spawn_blocking(move || std::fs::remove_file(file))
+                    .await
+                    .map_err(join_error)
+                    .and_then(|r| r)
+                {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(io_store_error(e, &path)),
+                }
+            }
+            (Uploads::Parts(parts), Some(mid)) => {
+                let full = parts.full_path(&path);
+                match parts.store.abort_multipart(&full, mid).await {
+                    Ok(()) => true,
+                    Err(e) if upload_gone(&e) => false,
+                    Err(e) => return Err(StoreError::from_object_store(e, &path)),
+                }
+            }
+            (Uploads::Parts(_), None) => false,
+        };
+        self.delete_if_present(&upload_record_path(&record.id))
+            .await?;
+        Ok(removed)
+    }
+}
+
+/// Reads a body into part-sized buffers, counting and hashing.
+struct Filler<B> {
+    body: B,
+    hasher: Sha256,
+    size: u64,
+    max_size: u64,
+    part_size: usize,
+    part: Vec<Bytes>,
+    len: usize,
+    /// The rest of a chunk that crossed the end of the previous part.
+    carry: Option<Bytes>,
+    ended: bool,
+}
+
+impl<B, E> Filler<B>
+where
+    B: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    /// Reads until the part is full or the body ends.
+    async fn fill(&mut self) -> Result<(), PutBlobError<E>> {
+        while self.len < self.part_size {
+            let chunk = match self.carry.take() {
+                Some(c) => c,
+                None if self.ended => return Ok(()),
+                None => match self.body.next().await {
+                    None => {
+                        self.ended = true;
+                        return Ok(());
+                    }
+                    Some(Err(e)) => return Err(PutBlobError::Body(e)),
+                    Some(Ok(chunk)) => {
+                        self.size += chunk.len() as u64;
+                        if self.size > self.max_size {
+                            return Err(PutBlobError::TooLarge {
+                                max_size: self.max_size,
+                            });
+                        }
+                        self.hasher.update(&chunk);
+                        chunk
+                    }
+                },
+            };
+            let room = self.part_size - self.len;
+            if chunk.len() > room {
+                self.carry = Some(chunk.slice(room..));
+                self.part.push(chunk.slice(..room));
+                self.len += room;
+            } else {
+                self.len += chunk.len();
+                self.part.push(chunk);
+            }
+        }
+        Ok(())
+    }
+
+    /// The body has ended and everything read is in `part`.
+    fn finished(&self) -> bool {
+        self.ended && self.carry.is_none()
+    }
+
+    fn take(&mut self) -> PutPayload {
+        self.len = 0;
+        std::mem::take(&mut self.part).into_iter().collect()
+    }
+
+    fn info(&self) -> BlobInfo {
+        BlobInfo {
+            size: self.size,
+            sha256: hex(&self.hasher.clone().finalize()),
+        }
+    }
+}
+
 // === audience and holders (access rules, DESIGN §5–6) ===
 
 /// Who may see an attachment because of the event it belongs to: the organizer and
@@ -1207,33 +1904,6 @@ fn local_stream(
         },
     )
     .boxed()
-}
-
-/// Aborts a multipart upload whose `put_blob` future was dropped (client gone), so S3
-/// keeps no parts and the local staging file goes away.
-struct AbortOnDrop(Option<WriteMultipart>);
-
-impl AbortOnDrop {
-    fn get(&mut self) -> &mut WriteMultipart {
-        match &mut self.0 {
-            Some(writer) => writer,
-            None => unreachable!("writer is present until put_blob takes it at the end"),
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(writer) = self.0.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(e) = writer.abort().await {
-                        tracing::warn!(error = %e, "aborting abandoned multipart upload failed");
-                    }
-                });
-            }
-        }
-    }
 }
 
 mod rfc3339 {
@@ -1478,6 +2148,15 @@ mod tests {
             .into_iter()
             .filter(|p| p.contains(id.as_str()))
             .collect();
+        let records: Vec<String> = env
+            .store
+            .inner
+            .list(Some(&Path::from("uploads")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        found.extend(records.into_iter().filter(|p| p.contains(id.as_str())));
         if let Some(root) = &env.local_root {
             if let Ok(entries) = std::fs::read_dir(root.join("blobs")) {
                 for entry in entries {
@@ -1846,6 +2525,76 @@ mod tests {
         }
     }
 
+    /// A body that sends `len` bytes, then nothing ever again.
+    fn stalled_after(len: u64) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        body(len, None).chain(stream::pending())
+    }
+
+    async fn wait_for_record(env: &Env, id: &AttachmentId) -> Leftover {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = env
+                .store
+                .list_uploads()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(Result::unwrap)
+                .find(|l| l.record.id == *id);
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(std::time::Instant::now() < deadline, "no upload record");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn upload_in_progress_is_recorded_until_it_ends(env: Env) {
+        let id = AttachmentId::new();
+        let mut upload = Box::pin(env.store.put_blob(&id, stalled_after(6 * MIB), 20 * MIB));
+        let found = tokio::select! {
+            found = wait_for_record(&env, &id) => found,
+            _ = &mut upload => panic!("the stalled upload ended"),
+        };
+        assert_eq!(found.record.owner, *Owner::current());
+        assert_eq!(found.record.owner.is_alive(), Some(true));
+        if env.local_root.is_some() {
+            assert_eq!(found.record.staging, Some(format!("blobs/{id}#0")));
+            assert_eq!(found.record.multipart_id, None);
+        } else {
+            assert!(found.record.multipart_id.is_some(), "{found:?}");
+        }
+        drop(upload);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !blob_leftovers(&env, &id).await.is_empty() {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn clear_upload_removes_what_a_dead_upload_left(env: Env) {
+        let id = AttachmentId::new();
+        let mut upload = Box::pin(env.store.put_blob(&id, stalled_after(6 * MIB), 20 * MIB));
+        let found = tokio::select! {
+            found = wait_for_record(&env, &id) => found,
+            _ = &mut upload => panic!("the stalled upload ended"),
+        };
+        // Let the first part or the first writes reach the store.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut upload)
+                .await
+                .is_err()
+        );
+        // A crash: nothing the upload would do on drop happens.
+        std::mem::forget(upload);
+        assert_ne!(blob_leftovers(&env, &id).await, Vec::<String>::new());
+        assert!(env.store.clear_upload(&found.record).await.unwrap());
+        assert_eq!(blob_leftovers(&env, &id).await, Vec::<String>::new());
+        // A second clear (another gc run) finds nothing and succeeds.
+        env.store.clear_upload(&found.record).await.unwrap();
+        assert!(env.store.list_uploads().await.unwrap().is_empty());
+    }
+
     macro_rules! conformance {
         ($backend:ident, $env:expr) => {
             mod $backend {
@@ -1918,6 +2667,14 @@ mod tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn dropping_put_blob_mid_multipart_aborts_upload() {
                     dropped_upload_leaves_nothing($env).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn upload_in_progress_is_recorded_until_it_ends() {
+                    super::upload_in_progress_is_recorded_until_it_ends($env).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn clear_upload_removes_staging_file_or_multipart_of_a_dead_upload() {
+                    clear_upload_removes_what_a_dead_upload_left($env).await
                 }
                 #[tokio::test]
                 async fn probe_writes_reads_and_deletes() {
@@ -2058,5 +2815,77 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_unavailable(), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_buffer_budget_refuses_rather_than_exceeding_itself() {
+        let store = Store::in_memory().with_upload_buffer(5 * MIB, 5 * MIB);
+        // Holds the only part buffer: 6 MiB read, the first part uploaded, the next filling.
+        let holder_id = AttachmentId::new();
+        let mut holder = Box::pin(store.put_blob(&holder_id, stalled_after(6 * MIB), 20 * MIB));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut holder)
+                .await
+                .is_err()
+        );
+        let started = std::time::Instant::now();
+        let refused = store
+            .put_blob(&AttachmentId::new(), body(10, None), 20 * MIB)
+            .await;
+        assert!(
+            matches!(refused, Err(PutBlobError::Busy { budget }) if budget == 5 * MIB),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() >= UPLOAD_BUFFER_WAIT);
+        drop(holder);
+        // Room again: uploads larger than the budget go through one part at a time,
+        // several at once wait for each other, and every one is stored exactly.
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = AttachmentId::new();
+                    let len = 12 * MIB + 7;
+                    let info = store
+                        .put_blob(&id, body(len, None), 20 * MIB)
+                        .await
+                        .unwrap();
+                    assert_eq!(info.sha256, pattern_sha256(len));
+                    let got = read_all(&store, &id, None).await;
+                    assert_eq!(hex(&Sha256::digest(&got)), pattern_sha256(len));
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    #[test]
+    fn owner_liveness_tells_this_process_from_dead_and_foreign_ones() {
+        let me = Owner::current().clone();
+        assert_eq!(me.pid, std::process::id());
+        assert_eq!(me.is_alive(), Some(true));
+        // The same pid started at another time: a reused pid, not the owner.
+        let reused = Owner {
+            start_ticks: me.start_ticks.map(|t| t + 1),
+            ..me.clone()
+        };
+        assert_eq!(reused.is_alive(), Some(false));
+        let gone = Owner {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        assert_eq!(gone.is_alive(), Some(false));
+        let rebooted = Owner {
+            boot_id: Some("another boot".into()),
+            ..me.clone()
+        };
+        assert_eq!(rebooted.is_alive(), Some(false));
+        let elsewhere = Owner {
+            host: format!("{}-elsewhere", me.host),
+            ..me
+        };
+        assert_eq!(elsewhere.is_alive(), None);
     }
 }

@@ -343,6 +343,7 @@ async fn store_upload(
             )))
         }
         Err(PutBlobError::Store(e)) => return Err(store_error(e)),
+        Err(e @ PutBlobError::Busy { .. }) => return Err(Error::Busy(e.to_string())),
     };
     drop(uploading);
     crate::metrics::get().attachment_stored(info.size);

@@ -594,7 +594,7 @@ async fn recover_and_check(lab: &mut Lab, href: &str, all: &[&File]) -> (BTreeSe
     // A second pass finds nothing left to do.
     let again = lab.gc_ok();
     assert!(
-        again.contains("gc: 0 tombstones, 0 pending and 0 orphan blobs deleted; 0 pending promoted, 0 left; 0 errors"),
+        again.contains("gc: 0 tombstones, 0 pending and 0 orphan blobs deleted; 0 interrupted uploads cleared; 0 pending promoted, 0 left; 0 errors"),
         "second gc pass still had work:\n{again}"
     );
     (ids, out)

@@ -169,11 +169,11 @@ async fn dry_run_reports_every_action_and_changes_nothing() {
             "{out}"
         );
     }
-    assert!(out.contains("gc (dry run): 1 tombstones, 1 pending and 1 orphan blobs deleted; 1 pending promoted, 0 left; 0 errors"), "{out}");
+    assert!(out.contains("gc (dry run): 1 tombstones, 1 pending and 1 orphan blobs deleted; 0 interrupted uploads cleared; 1 pending promoted, 0 left; 0 errors"), "{out}");
     assert_eq!(lab.keys(), before, "the dry run changed the store");
 
     let out = lab.gc_ok();
-    assert!(out.contains("gc: 1 tombstones, 1 pending and 1 orphan blobs deleted; 1 pending promoted, 0 left; 0 errors"), "{out}");
+    assert!(out.contains("gc: 1 tombstones, 1 pending and 1 orphan blobs deleted; 0 interrupted uploads cleared; 1 pending promoted, 0 left; 0 errors"), "{out}");
     let files: std::collections::BTreeMap<String, Vec<u8>> = left
         .files
         .iter()

@@ -47,9 +47,16 @@ fn status_of(s: &TcpStream) -> Option<u16> {
     head.start.split(' ').nth(1).and_then(|v| v.parse().ok())
 }
 
+/// Completed blobs (not the staging files of uploads in progress, `<id>#0`).
 fn blob_count(proxy: &Calattach) -> usize {
     std::fs::read_dir(proxy.dir().join("data/blobs"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| !e.file_name().to_string_lossy().contains('#'))
+            })
+            .count()
+        })
         .unwrap_or(0)
 }
 

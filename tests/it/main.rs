@@ -26,5 +26,6 @@ mod props;
 mod servers;
 mod streaming;
 mod transparency;
+mod uploads;
 mod upstream_pool;
 mod webpage;

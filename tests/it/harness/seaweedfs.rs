@@ -185,6 +185,39 @@ impl SeaweedFs {
         );
     }
 
+    /// Runs one `weed shell` command against the cluster and returns its output.
+    pub fn shell(&self, command: &str) -> String {
+        let weed = super::venv().join("bin/weed");
+        let mut child = Command::new(&weed)
+            .arg("shell")
+            .arg(format!("-master={}", self.master))
+            .arg(format!("-filer={}", self.filer))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weed shell");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{command}");
+        }
+        let out = child.wait_with_output().expect("weed shell output");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Multipart uploads in progress in `bucket` (SeaweedFS keeps each as a directory
+    /// under `/buckets/<bucket>/.uploads/`).
+    pub fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
+        self.shell(&format!("fs.ls /buckets/{bucket}/.uploads/"))
+            .lines()
+            .map(|l| l.trim().trim_start_matches("> ").trim().to_string())
+            .filter(|l| !l.is_empty() && !l.contains(' ') && !l.starts_with('>'))
+            .collect()
+    }
+
     /// object_store options for the `[storage.options]` table.
     pub fn options(&self) -> Vec<(&'static str, String)> {
         vec![
