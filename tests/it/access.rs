@@ -11,7 +11,7 @@
 //! (an organizer-side object accepts changes from whoever the upstream lets write).
 
 use crate::harness::{basic, unique, Calattach, Client, Kind, Reply, Storage, Upstream};
-use crate::transparency::on_both;
+use crate::transparency::on_each;
 
 const TEMPLATE: &str = "[identity]\naddress_template = \"mailto:{user}@example.org\"\n";
 
@@ -200,9 +200,7 @@ async fn organizer_attendee_outsider_and_anonymous_downloads(kind: Kind) {
     assert_eq!(r.status, 401, "anonymous: {r:?}");
     assert!(r.header("www-authenticate").is_some(), "{r:?}");
 }
-on_both!(organizer_attendee_outsider_and_anonymous_downloads:
-    organizer_and_attendee_download_outsider_403_anonymous_401_on_radicale,
-    organizer_and_attendee_download_outsider_403_anonymous_401_on_xandikos);
+on_each!(organizer_attendee_outsider_and_anonymous_downloads: organizer_and_attendee_download_outsider_403_anonymous_401);
 
 async fn uninvited_attendee_loses_access(kind: Kind) {
     let w = World::new(kind, "");
@@ -224,9 +222,7 @@ async fn uninvited_attendee_loses_access(kind: Kind) {
     assert_eq!(r.status, 403, "uninvited attendee still downloads: {r:?}");
     assert_eq!(w.download(Some("user1"), &url).await.status, 200);
 }
-on_both!(uninvited_attendee_loses_access:
-    uninvited_attendee_loses_download_access_on_radicale,
-    uninvited_attendee_loses_download_access_on_xandikos);
+on_each!(uninvited_attendee_loses_access: uninvited_attendee_loses_download_access);
 
 async fn capability_mode(kind: Kind) {
     let w = World::new(kind, "[attachments]\ndownload = \"capability\"\n");
@@ -252,9 +248,7 @@ async fn capability_mode(kind: Kind) {
     assert!(!current.is_empty());
     assert_eq!(w.download(None, &url).await.status, 410);
 }
-on_both!(capability_mode:
-    capability_mode_serves_without_credentials_on_radicale,
-    capability_mode_serves_without_credentials_on_xandikos);
+on_each!(capability_mode: capability_mode_serves_without_credentials);
 
 // === who may change ===
 
@@ -301,9 +295,7 @@ async fn attendee_copy_refuses_changes_but_accepts_replies(kind: Kind) {
         .await
         .contains("PARTSTAT=ACCEPTED"));
 }
-on_both!(attendee_copy_refuses_changes_but_accepts_replies:
-    attendee_gets_403_on_add_update_remove_but_may_reply_on_radicale,
-    attendee_gets_403_on_add_update_remove_but_may_reply_on_xandikos);
+on_each!(attendee_copy_refuses_changes_but_accepts_replies: attendee_gets_403_on_add_update_remove_but_may_reply);
 
 async fn updated_id_in_attendee_copy_still_saves(kind: Kind) {
     let w = World::new(kind, "");
@@ -328,9 +320,7 @@ async fn updated_id_in_attendee_copy_still_saves(kind: Kind) {
     let r = w.put("user2", &copy, &reply).await;
     assert!(r.status.is_success(), "stale copy refused: {r:?}");
 }
-on_both!(updated_id_in_attendee_copy_still_saves:
-    attendee_copy_holding_an_updated_id_can_still_be_saved_on_radicale,
-    attendee_copy_holding_an_updated_id_can_still_be_saved_on_xandikos);
+on_each!(updated_id_in_attendee_copy_still_saves: attendee_copy_holding_an_updated_id_can_still_be_saved);
 
 async fn outsider_cannot_reuse_an_id(kind: Kind) {
     let w = World::new(kind, "");
@@ -356,9 +346,7 @@ async fn outsider_cannot_reuse_an_id(kind: Kind) {
     assert_error(&r, &["valid-managed-id-parameter", "valid-managed-id"]);
     assert_eq!(w.download(Some("user3"), &url).await.status, 403);
 }
-on_both!(outsider_cannot_reuse_an_id:
-    outsider_reusing_an_id_gets_403_with_both_elements_on_radicale,
-    outsider_reusing_an_id_gets_403_with_both_elements_on_xandikos);
+on_each!(outsider_cannot_reuse_an_id: outsider_reusing_an_id_gets_403_with_both_elements);
 
 async fn creator_may_reuse_an_id(kind: Kind) {
     let w = World::new(kind, "");
@@ -374,9 +362,7 @@ async fn creator_may_reuse_an_id(kind: Kind) {
         .await;
     assert!(r.status.is_success(), "creator reuse refused: {r:?}");
 }
-on_both!(creator_may_reuse_an_id:
-    creator_may_reuse_her_id_in_another_event_on_radicale,
-    creator_may_reuse_her_id_in_another_event_on_xandikos);
+on_each!(creator_may_reuse_an_id: creator_may_reuse_her_id_in_another_event);
 
 async fn made_up_managed_id(kind: Kind) {
     let w = World::new(kind, "");
@@ -393,9 +379,7 @@ async fn made_up_managed_id(kind: Kind) {
     let r = w.send(Some("user1"), "GET", &path, &[], "").await;
     assert_eq!(r.status, 404, "refused PUT reached the upstream: {r:?}");
 }
-on_both!(made_up_managed_id:
-    put_with_a_made_up_managed_id_is_refused_on_radicale,
-    put_with_a_made_up_managed_id_is_refused_on_xandikos);
+on_each!(made_up_managed_id: put_with_a_made_up_managed_id_is_refused);
 
 // === the guard's bookkeeping ===
 
@@ -409,9 +393,7 @@ async fn put_dropping_attach(kind: Kind) {
     let r = w.download(Some("user1"), &url).await;
     assert_eq!(r.status, 410, "{r:?}");
 }
-on_both!(put_dropping_attach:
-    put_dropping_the_attach_makes_the_download_410_on_radicale,
-    put_dropping_the_attach_makes_the_download_410_on_xandikos);
+on_each!(put_dropping_attach: put_dropping_the_attach_makes_the_download_410);
 
 async fn delete_of_event(kind: Kind) {
     let w = World::new(kind, "");
@@ -421,9 +403,7 @@ async fn delete_of_event(kind: Kind) {
     let r = w.download(Some("user1"), &url).await;
     assert_eq!(r.status, 410, "{r:?}");
 }
-on_both!(delete_of_event:
-    delete_of_the_event_makes_the_download_410_on_radicale,
-    delete_of_the_event_makes_the_download_410_on_xandikos);
+on_each!(delete_of_event: delete_of_the_event_makes_the_download_410);
 
 async fn stale_if_match(kind: Kind) {
     let w = World::new(kind, "");
@@ -457,9 +437,7 @@ async fn stale_if_match(kind: Kind) {
         "a failed conditional write tombstoned: {r:?}"
     );
 }
-on_both!(stale_if_match:
-    failed_conditional_put_and_delete_tombstone_nothing_on_radicale,
-    failed_conditional_put_and_delete_tombstone_nothing_on_xandikos);
+on_each!(stale_if_match: failed_conditional_put_and_delete_tombstone_nothing);
 
 async fn rewrite_dropping_managed_id(kind: Kind) {
     let w = World::new(kind, "");
@@ -487,9 +465,7 @@ async fn rewrite_dropping_managed_id(kind: Kind) {
     assert!(line.contains("FMTTYPE=text/plain"), "{line}");
     assert_eq!(w.download(Some("user1"), &url).await.status, 200);
 }
-on_both!(rewrite_dropping_managed_id:
-    rewrite_dropping_managed_id_keeps_the_attachment_and_restores_parameters_on_radicale,
-    rewrite_dropping_managed_id_keeps_the_attachment_and_restores_parameters_on_xandikos);
+on_each!(rewrite_dropping_managed_id: rewrite_dropping_managed_id_keeps_the_attachment_and_restores_parameters);
 
 async fn prefer_on_guarded_put(kind: Kind) {
     let w = World::new(kind, "");
@@ -512,9 +488,7 @@ async fn prefer_on_guarded_put(kind: Kind) {
     let stored = r.text().replace("\r\n ", "").replace("\n ", "");
     assert!(stored.contains(&format!("MANAGED-ID={id}")), "{r:?}");
 }
-on_both!(prefer_on_guarded_put:
-    prefer_return_representation_on_a_guarded_put_answers_the_stored_object_on_radicale,
-    prefer_return_representation_on_a_guarded_put_answers_the_stored_object_on_xandikos);
+on_each!(prefer_on_guarded_put: prefer_return_representation_on_a_guarded_put_answers_the_stored_object);
 
 async fn move_keeps_refs(kind: Kind) {
     let w = World::new(kind, "");
@@ -539,9 +513,7 @@ async fn move_keeps_refs(kind: Kind) {
     assert!(r.status.is_success(), "{r:?}");
     assert_eq!(w.download(Some("user1"), &url).await.status, 410);
 }
-on_both!(move_keeps_refs:
-    move_hands_the_ids_to_the_destination_on_radicale,
-    move_hands_the_ids_to_the_destination_on_xandikos);
+on_each!(move_keeps_refs: move_hands_the_ids_to_the_destination);
 
 // === credentials ===
 
@@ -561,9 +533,7 @@ async fn identity_cache_per_credentials(kind: Kind) {
     assert_eq!(w.download(Some("user2"), &url).await.status, 403);
     assert_eq!(w.download(Some("user1"), &url).await.status, 200);
 }
-on_both!(identity_cache_per_credentials:
-    identity_cache_never_serves_one_credentials_resolution_to_another_on_radicale,
-    identity_cache_never_serves_one_credentials_resolution_to_another_on_xandikos);
+on_each!(identity_cache_per_credentials: identity_cache_never_serves_one_credentials_resolution_to_another);
 
 /// A password change upstream: the new password works at once (another cache key), and
 /// the old one stops working once its cached resolution expires (`identity.cache_ttl`,
@@ -660,9 +630,7 @@ async fn digest_on_owned_routes(kind: Kind) {
     assert_eq!(r.status, 401, "{r:?}");
     assert!(r.text().contains("Digest"), "{r:?}");
 }
-on_both!(digest_on_owned_routes:
-    digest_on_owned_routes_gets_a_clear_401_on_radicale,
-    digest_on_owned_routes_gets_a_clear_401_on_xandikos);
+on_each!(digest_on_owned_routes: digest_on_owned_routes_gets_a_clear_401);
 
 async fn schedule_user_address_not_the_callers(kind: Kind) {
     let w = World::new(kind, "");
@@ -685,6 +653,4 @@ async fn schedule_user_address_not_the_callers(kind: Kind) {
         "foreign Schedule-User-Address was not dropped"
     );
 }
-on_both!(schedule_user_address_not_the_callers:
-    foreign_schedule_user_address_is_dropped_on_radicale,
-    foreign_schedule_user_address_is_dropped_on_xandikos);
+on_each!(schedule_user_address_not_the_callers: foreign_schedule_user_address_is_dropped);
