@@ -112,6 +112,11 @@ pub enum Error {
     UpstreamUnreachable,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// `502`: the upstream answered an internal request with something calattach cannot
+    /// use (a `404` where its own resource should be, an HTML page, an unparsable body);
+    /// logged with the URL and status where it was seen.
+    #[error("unusable upstream answer: {0}")]
+    UpstreamAnswer(String),
     /// `503 Retry-After`: the object store is unreachable or too busy; nothing changed.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
@@ -125,11 +130,44 @@ pub enum Error {
     InsufficientStorage(String),
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// `401`: Digest credentials on an owned route (they cannot be replayed). The
+    /// server's handler adds the upstream's challenges ([`crate::attach::digest_refusal`]).
+    #[error("unauthorized: digest credentials cannot be replayed")]
+    Digest,
+    /// `401` with the upstream's `WWW-Authenticate` challenges.
+    #[error("unauthorized: {0}")]
+    Challenge(String, Vec<HeaderValue>),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// The body of [`Error::Digest`].
+pub const DIGEST_REFUSAL: &str = "Digest authentication cannot be used for attachment requests: \
+calattach must replay the credentials on its own requests to the calendar server, and a Digest \
+response is bound to one method and URI. Use Basic authentication (over TLS) or a bearer token. \
+If the calendar server offers only Digest, switch it to Basic: on Baikal set dav_auth_type to \
+Basic (admin page: Settings, WebDAV authentication type; or dav_auth_type: 'Basic' in \
+config/baikal.yaml).\n";
+
 impl Error {
+    /// The upstream's refusal of an internal request as calattach's own answer: its
+    /// `401` with its challenges, or `403`.
+    pub fn refused<B>(upstream: &Response<B>) -> Error {
+        if upstream.status() == StatusCode::UNAUTHORIZED {
+            Error::Challenge(
+                "the calendar server refused the credentials".into(),
+                upstream
+                    .headers()
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            Error::Forbidden
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Config(_) | Error::Internal(_) | Error::Storage(_) => {
@@ -142,11 +180,15 @@ impl Error {
             Error::Forbidden => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
-            Error::UpstreamUnavailable | Error::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Error::UpstreamUnavailable | Error::UpstreamUnreachable | Error::UpstreamAnswer(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StorageUnavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized(_) | Error::Challenge(..) | Error::Digest => {
+                StatusCode::UNAUTHORIZED
+            }
         }
     }
 
@@ -164,13 +206,21 @@ impl Error {
                 "text/plain; charset=utf-8",
                 "502 bad gateway: the calendar server is unreachable\n".to_owned(),
             ),
+            Error::Digest => ("text/plain; charset=utf-8", DIGEST_REFUSAL.to_owned()),
+            Error::UpstreamAnswer(_) => (
+                "text/plain; charset=utf-8",
+                "502 bad gateway: the calendar server gave an answer calattach cannot use \
+                 (see calattach's log)\n"
+                    .to_owned(),
+            ),
             Error::UpstreamTimeout => (
                 "text/plain; charset=utf-8",
                 "504 gateway timeout: the calendar server did not answer in time\n".to_owned(),
             ),
-            Error::Unauthorized(msg) | Error::BadRequest(msg) | Error::Conflict(msg) => {
-                ("text/plain; charset=utf-8", format!("{msg}\n"))
-            }
+            Error::Unauthorized(msg)
+            | Error::Challenge(msg, _)
+            | Error::BadRequest(msg)
+            | Error::Conflict(msg) => ("text/plain; charset=utf-8", format!("{msg}\n")),
             Error::StorageUnavailable(_) => (
                 "text/plain; charset=utf-8",
                 "attachment storage is unavailable, try again later\n".to_owned(),
@@ -198,6 +248,11 @@ impl Error {
             }
             Error::StorageUnavailable(_) | Error::Busy(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Error::Challenge(_, challenges) => {
+                for c in challenges {
+                    h.append(header::WWW_AUTHENTICATE, c.clone());
+                }
             }
             _ => {}
         }

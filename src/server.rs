@@ -380,6 +380,9 @@ pub async fn handle(
     peer: SocketAddr,
     route: Route,
 ) -> Response<Body> {
+    // Digest credentials on an owned route are answered with the upstream's challenge.
+    let owned_path = matches!(route, Route::Attach | Route::Download | Route::Guard)
+        .then(|| req.uri().path().to_owned());
     // calattach's own routes are boxed: their futures are kilobytes large, and a plain
     // `match` would make every request's future — forwarded ones included — as large
     // as the largest of them, moved and touched on every request.
@@ -395,7 +398,10 @@ pub async fn handle(
         Route::Guard => Box::pin(attach::guard::handle(req, state, peer)).await,
         Route::Props => Box::pin(crate::props::http::handle(req, state, peer)).await,
     };
-    result.unwrap_or_else(Error::into_response)
+    match (result, owned_path) {
+        (Err(Error::Digest), Some(path)) => Box::pin(attach::digest_refusal(state, &path)).await,
+        (result, _) => result.unwrap_or_else(Error::into_response),
+    }
 }
 
 const ATTACHMENT_ALLOW: &str = "GET, HEAD, OPTIONS";

@@ -182,7 +182,7 @@ async fn put(
         return forward_with(state, parts, body, peer).await;
     };
     let caller = Caller::from_headers(&parts.headers)?;
-    let identity = match access::identify(state, &caller).await? {
+    let identity = match access::identify(state, &caller, &path).await? {
         Ok(id) => id,
         Err(refusal) => return Ok(refusal),
     };

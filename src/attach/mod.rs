@@ -59,13 +59,7 @@ impl Caller {
                 .and_then(|raw| String::from_utf8(raw).ok())
                 .and_then(|s| s.split_once(':').map(|(u, _)| u.to_owned()))
         } else if scheme.eq_ignore_ascii_case("digest") {
-            return Err(Error::Unauthorized(
-                "Digest authentication cannot be used for attachment requests: calattach must \
-                 replay the credentials on its own requests to the calendar server, and a \
-                 Digest response is bound to one method and URI. Use Basic authentication \
-                 (over TLS) or a bearer token."
-                    .into(),
-            ));
+            return Err(Error::Digest);
         } else {
             None
         };
@@ -128,6 +122,56 @@ impl Caller {
         }
         Ok(req)
     }
+}
+
+/// The answer to Digest credentials on an owned route ([`Error::Digest`]): `401` with
+/// the upstream's own challenges, learned by asking it without credentials about the
+/// resource the request addresses (its collection when the object is missing; for a
+/// download, the resource [`get`] checks downloads against), and a body that says to
+/// switch to Basic (naming Baïkal's `dav_auth_type`, whose default is Digest).
+pub async fn digest_refusal(state: &crate::server::State, path: &str) -> Response<Body> {
+    let mut out = Error::Digest.into_response();
+    let anonymous = Caller {
+        authorization: None,
+        user: None,
+    };
+    let prefix = &state.config.attachments.prefix;
+    let mut candidates = Vec::new();
+    if crate::router::under_prefix(path, prefix) {
+        candidates.push(get::dav_resource(None));
+    } else {
+        candidates.push(path.to_owned());
+        let collection = access::parent_collection(path);
+        if collection != path && collection != "/" {
+            candidates.push(collection.to_owned());
+        }
+    }
+    for candidate in candidates {
+        let Ok(resp) =
+            crate::identity::ask_principal(&state.upstream, &anonymous, &candidate).await
+        else {
+            break;
+        };
+        let status = resp.status();
+        let www: Vec<HeaderValue> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .cloned()
+            .collect();
+        drain(resp).await;
+        if status == StatusCode::UNAUTHORIZED && !www.is_empty() {
+            for v in www {
+                out.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+            return out;
+        }
+    }
+    out.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"calattach\""),
+    );
+    out
 }
 
 /// A calendar object as read from the upstream.

@@ -233,7 +233,12 @@ impl Env {
         let b = self.up.new_calendar(USER, prefix).await;
         self.prime(USER, &a, "0").await;
         self.prime(USER, &b, "0").await;
-        let subst = vec![(a.clone(), b.clone())];
+        // Without the trailing slash: sabre/dav (Baïkal) names collections without it
+        // in PROPPATCH answers.
+        let subst = vec![(
+            a.trim_end_matches('/').to_string(),
+            b.trim_end_matches('/').to_string(),
+        )];
         (a, b, subst)
     }
 }
