@@ -21,6 +21,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod props;
+mod scheduling;
 mod servers;
 mod streaming;
 mod transparency;

@@ -82,6 +82,16 @@ impl Upstream {
 
     /// Starts a private instance (for tests that must own their upstream).
     pub fn start(kind: Kind) -> Upstream {
+        Self::start_with(kind, &[])
+    }
+
+    /// A private Baïkal with Digest authentication, Baïkal's own default
+    /// (`dav_auth_type: Digest`).
+    pub fn start_baikal_digest() -> Upstream {
+        Self::start_with(Kind::Baikal, &[("BAIKAL_AUTH", "Digest")])
+    }
+
+    fn start_with(kind: Kind, env: &[(&str, &str)]) -> Upstream {
         let dir = tempfile::Builder::new()
             .prefix(&format!("calattach-{kind:?}-").to_lowercase())
             .tempdir()
@@ -90,7 +100,7 @@ impl Upstream {
         let mut proc = match kind {
             Kind::Radicale => start_radicale(dir.path(), port),
             Kind::Xandikos => start_xandikos(dir.path(), port),
-            Kind::Baikal => start_baikal(dir.path(), port),
+            Kind::Baikal => start_baikal(dir.path(), port, env),
         };
         let pidfile = dir.path().join("baikal.group");
         let mut detached_group = None;
@@ -114,7 +124,8 @@ impl Upstream {
             detached_group,
             _dir: dir,
         };
-        for (user, password) in USERS {
+        let digest = env.contains(&("BAIKAL_AUTH", "Digest"));
+        for (user, password) in USERS.iter().filter(|_| !digest) {
             let path = up.calendar_path(user);
             let status = raw::blocking_request(
                 loopback(port),
@@ -414,7 +425,7 @@ fn start_xandikos(dir: &std::path::Path, port: u16) -> Proc {
 /// process group of its own and prints its pid last. A small shell stays in the
 /// lifeline's group: it records that pid for [`Upstream`]'s drop and, when the
 /// lifeline stops it (the test binary ended), kills the detached group.
-fn start_baikal(dir: &std::path::Path, port: u16) -> Proc {
+fn start_baikal(dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Proc {
     const WRAPPER: &str = r#"set -u
 pid=$("$0" "$1" "$2/state" | tail -n 1) || exit 1
 case $pid in ''|*[!0-9]*) echo "start.sh printed no pid" >&2; exit 1;; esac
@@ -437,9 +448,13 @@ exit 1
         std::path::Path::new("/bin/bash"),
         &["-c", WRAPPER, &script.to_string_lossy(), &port, &dir_text],
         &[
-            ("BAIKAL_USERS", &users),
-            ("PHP_CLI_SERVER_WORKERS", "8"),
-            ("XDG_CACHE_HOME", &cache),
-        ],
+            &[
+                ("BAIKAL_USERS", users.as_str()),
+                ("PHP_CLI_SERVER_WORKERS", "8"),
+                ("XDG_CACHE_HOME", cache.as_str()),
+            ],
+            env,
+        ]
+        .concat(),
     )
 }
