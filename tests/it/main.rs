@@ -10,6 +10,7 @@ mod access;
 mod attach;
 mod attach_errors;
 mod attach_races;
+mod baikal;
 mod bodies;
 mod client;
 mod config;
