@@ -18,6 +18,7 @@ mod deploy;
 mod failure;
 mod faults;
 mod gc;
+mod internal_answers;
 mod limits;
 mod logs;
 mod metrics;
