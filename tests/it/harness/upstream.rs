@@ -290,6 +290,7 @@ pub fn usable(kind: Kind, test: &str) -> bool {
     let Some(why) = baikal_missing() else {
         return true;
     };
+    let test = test.strip_prefix("it::").unwrap_or(test);
     if std::env::var_os("BAIKAL_REQUIRED").is_some_and(|v| !v.is_empty() && v != "0") {
         panic!("{test}: Baïkal is required (BAIKAL_REQUIRED) but cannot run: {why}");
     }
