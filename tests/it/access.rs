@@ -1,11 +1,14 @@
 //! Access rules and the PUT/DELETE guard (RFC 8607 §3.7–3.9, §3.11, §3.12.2, §3.12.5;
-//! DESIGN §5–6; docs/security.md) on real Radicale and Xandikos with users
+//! DESIGN §5–6; docs/security.md) on real Radicale, Xandikos and Baïkal with users
 //! user1 (organizer), user2 (attendee) and user3 (neither).
 //!
-//! Neither upstream shares calendars between users (Radicale `owner_only`; Xandikos
-//! refuses other users' collections), so an attendee's copy is the attendee's own
-//! object: here user2 stores it through calattach, as a client importing an invitation
-//! does. Download access then rests on the audience recorded from the organizer's
+//! No upstream here shares calendars between users (Radicale `owner_only`; Xandikos
+//! refuses other users' collections; Baïkal as tested sets up no sharing), so an
+//! attendee's copy is the attendee's own object: here user2 stores it through
+//! calattach, as a client importing an invitation does. (Baïkal's implicit scheduling
+//! also delivers a copy of its own into user2's default calendar; the stored one is a
+//! second attendee object with the same UID, which sabre/dav accepts. The copy sabre
+//! delivers is what `scheduling.rs` tests.) Download access then rests on the audience recorded from the organizer's
 //! object. Neither offers sharing or delegation either, so "a sharee with write access
 //! may add" is covered only by its rule's other half: the owner of the calendar decides
 //! (an organizer-side object accepts changes from whoever the upstream lets write).

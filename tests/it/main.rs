@@ -1,5 +1,5 @@
 //! Integration tests: the real `calattach` binary in front of real CalDAV
-//! servers (Radicale, Xandikos) and a real S3 server (moto), all on
+//! servers (Radicale, Xandikos, Baïkal) and a real S3 server (moto), all on
 //! 127.0.0.1 with throw-away state. See `harness/` for how they start.
 //!
 //! Needs the project venv (`scripts/venv.sh`; `scripts/test` runs it).
