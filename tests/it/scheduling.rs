@@ -101,46 +101,10 @@ impl World {
         (path, uid)
     }
 
-    /// The objects holding `uid` in `collection` of `user`, read directly:
-    /// (href, body) each.
-    async fn objects_with_uid(
-        &self,
-        user: &str,
-        collection: &str,
-        uid: &str,
-    ) -> Vec<(String, String)> {
-        let r = self
-            .send(
-                user,
-                "PROPFIND",
-                &self.up.url(collection),
-                &[("Depth", "1")],
-                "",
-            )
-            .await;
-        assert_eq!(r.status, 207, "PROPFIND {collection}: {r:?}");
-        let text = r.text();
-        let hrefs: Vec<String> = text
-            .split("<d:href>")
-            .skip(1)
-            .filter_map(|t| t.split("</d:href>").next())
-            .filter(|h| h.ends_with(".ics"))
-            .map(str::to_string)
-            .collect();
-        let mut out = Vec::new();
-        for href in hrefs {
-            let r = self.send(user, "GET", &self.up.url(&href), &[], "").await;
-            if r.status == 200 && r.text().contains(&format!("UID:{uid}")) {
-                out.push((href, r.text()));
-            }
-        }
-        out
-    }
-
-    /// user2's copy of the event in their default calendar (exactly one).
+    /// user2's copy of the event (exactly one), in whichever of their calendars
+    /// sabre/dav delivered it to.
     async fn attendee_copy(&self, uid: &str) -> (String, String) {
-        let cal = self.up.calendar_path("user2");
-        let mut found = self.objects_with_uid("user2", &cal, uid).await;
+        let mut found = self.up.objects_with_uid("user2", uid).await;
         assert_eq!(found.len(), 1, "user2's copies of {uid}: {found:?}");
         found.remove(0)
     }
@@ -148,7 +112,7 @@ impl World {
     /// The newest scheduling message for `uid` in user2's inbox.
     async fn inbox_item(&self, uid: &str) -> String {
         let inbox = self.up.inbox_path("user2").expect("Baïkal has an inbox");
-        let found = self.objects_with_uid("user2", &inbox, uid).await;
+        let found = self.up.objects_with_uid_in("user2", &inbox, uid).await;
         assert!(!found.is_empty(), "no inbox item for {uid}");
         found.last().map(|(_, b)| b.clone()).unwrap_or_default()
     }

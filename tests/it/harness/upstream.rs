@@ -247,6 +247,87 @@ impl Upstream {
         reply.header("etag").map(str::to_string)
     }
 
+    /// The hrefs a PROPFIND depth 1 of `collection` (direct, as `user`) lists, the
+    /// collection itself excepted.
+    pub async fn members(&self, user: &str, collection: &str) -> Vec<String> {
+        let r = super::Client::new()
+            .request("PROPFIND", &self.url(collection))
+            .basic(user, password(user))
+            .header("Depth", "1")
+            .send()
+            .await;
+        assert_eq!(
+            r.status,
+            207,
+            "{}: PROPFIND {collection}: {r:?}",
+            self.name()
+        );
+        hrefs(&r.text())
+            .into_iter()
+            .filter(|h| h != collection)
+            .collect()
+    }
+
+    /// Every calendar object of `user` holding `uid`, in any of their calendars
+    /// (read directly): (href, body) each.
+    pub async fn objects_with_uid(&self, user: &str, uid: &str) -> Vec<(String, String)> {
+        let skip = [
+            self.inbox_path(user),
+            Some(format!("{}outbox/", self.home_path(user))),
+        ];
+        let mut out = Vec::new();
+        for cal in self.members(user, &self.home_path(user)).await {
+            if cal.ends_with('/') && !skip.contains(&Some(cal.clone())) {
+                out.extend(self.objects_with_uid_in(user, &cal, uid).await);
+            }
+        }
+        out
+    }
+
+    /// The objects of `collection` holding `uid` (a calendar-query, or where the
+    /// collection takes none, as a scheduling inbox, its members): (href, body) each.
+    pub async fn objects_with_uid_in(
+        &self,
+        user: &str,
+        collection: &str,
+        uid: &str,
+    ) -> Vec<(String, String)> {
+        let http = super::Client::new();
+        let query = format!(
+            "<?xml version=\"1.0\"?><C:calendar-query xmlns:D=\"DAV:\" \
+             xmlns:C=\"urn:ietf:params:xml:ns:caldav\"><D:prop><D:getetag/></D:prop>\
+             <C:filter><C:comp-filter name=\"VCALENDAR\"><C:comp-filter name=\"VEVENT\">\
+             <C:prop-filter name=\"UID\"><C:text-match collation=\"i;octet\">{uid}\
+             </C:text-match></C:prop-filter></C:comp-filter></C:comp-filter></C:filter>\
+             </C:calendar-query>"
+        );
+        let r = http
+            .request("REPORT", &self.url(collection))
+            .basic(user, password(user))
+            .header("Depth", "1")
+            .header("Content-Type", "application/xml")
+            .body(query)
+            .send()
+            .await;
+        let candidates = if r.status == 207 {
+            hrefs(&r.text())
+        } else {
+            self.members(user, collection).await
+        };
+        let mut out = Vec::new();
+        for href in candidates.into_iter().filter(|h| h.ends_with(".ics")) {
+            let r = http
+                .request("GET", &self.url(&href))
+                .basic(user, password(user))
+                .send()
+                .await;
+            if r.status == 200 && r.text().contains(&format!("UID:{uid}\r\n")) {
+                out.push((href, r.text()));
+            }
+        }
+        out
+    }
+
     /// The server's state directory (Radicale's `users` file lives here).
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
@@ -345,6 +426,22 @@ fn baikal_missing() -> Option<&'static str> {
         }
     })
     .as_deref()
+}
+
+/// The `DAV:href` values of a multistatus (any prefix), in order.
+fn hrefs(xml: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("href>") {
+        let after = &rest[i + 5..];
+        let Some(end) = after.find('<') else { break };
+        let text = after[..end].trim();
+        if !text.is_empty() {
+            out.push(text.to_string());
+        }
+        rest = &after[end..];
+    }
+    out
 }
 
 pub fn password(user: &str) -> &'static str {
