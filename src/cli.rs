@@ -181,38 +181,159 @@ async fn check(cfg: &Config) -> bool {
             return false;
         }
     };
-    match server::probe_upstream(&state.upstream).await {
-        Ok(headers) => {
-            if options::upstream_has_managed_attachments(&headers) {
-                println!(
-                    "upstream {}: FAIL: it already advertises calendar-managed-attachments; \
-                     calattach must not run in front of a server that manages attachments itself",
-                    cfg.upstream.url
-                );
-                ok = false;
-            } else if options::upstream_has_calendar_access(&headers) {
-                println!(
-                    "upstream {}: ok (speaks CalDAV: calendar-access)",
-                    cfg.upstream.url
-                );
-            } else {
-                println!(
-                    "upstream {}: FAIL: reachable, but its DAV header lacks calendar-access \
-                     (is this a CalDAV server?)",
-                    cfg.upstream.url
-                );
-                ok = false;
-            }
-        }
-        Err(e) => {
-            println!("upstream {}: FAIL: {e}", cfg.upstream.url);
-            ok = false;
-        }
-    }
+    ok &= check_upstream(cfg, &state).await;
     ok &= check_prefix(&state).await;
     ok &= check_storage(&state).await;
     ok &= check_public_url(cfg);
     ok
+}
+
+/// `OPTIONS /` upstream; when that is not CalDAV (Baïkal's `/` is its web start page,
+/// its DAV server lives under `/dav.php/`), the RFC 6764 bootstrap: the path
+/// `/.well-known/caldav` redirects to. Then whether the DAV server offers Basic: an
+/// anonymous `PROPFIND` of its root must be challenged with Basic, since calattach
+/// replays the caller's credentials on its own requests and Digest cannot be replayed.
+async fn check_upstream(cfg: &Config, state: &server::State) -> bool {
+    let url = &cfg.upstream.url;
+    let headers = match server::probe_upstream(&state.upstream).await {
+        Ok(h) => h,
+        Err(e) => {
+            println!("upstream {url}: FAIL: {e}");
+            return false;
+        }
+    };
+    if options::upstream_has_managed_attachments(&headers) {
+        println!(
+            "upstream {url}: FAIL: it already advertises calendar-managed-attachments; \
+             calattach must not run in front of a server that manages attachments itself"
+        );
+        return false;
+    }
+    let (root, headers) = if options::upstream_has_calendar_access(&headers) {
+        ("/".to_owned(), headers)
+    } else {
+        match dav_root(state).await {
+            Some(root) => {
+                let h = probe_path(state, "OPTIONS", &root, true)
+                    .await
+                    .map(|(_, h)| h)
+                    .unwrap_or_default();
+                (root, h)
+            }
+            None => ("/".to_owned(), headers),
+        }
+    };
+    // Without credentials some servers (sabre/dav) answer OPTIONS with a bare 401 (the
+    // gc service credential, when configured, is sent so the check sees the DAV
+    // header); an anonymous PROPFIND shows the authentication schemes offered.
+    let challenge = match probe_path(state, "PROPFIND", &root, false).await {
+        Ok((status, h)) if status == http::StatusCode::UNAUTHORIZED => Some(h),
+        _ => None,
+    };
+    let mut ok = true;
+    if options::upstream_has_managed_attachments(&headers) {
+        println!(
+            "upstream {url}: FAIL: it already advertises calendar-managed-attachments at \
+             {root}; calattach must not run in front of a server that manages attachments itself"
+        );
+        return false;
+    } else if options::upstream_has_calendar_access(&headers) {
+        println!("upstream {url}: ok (speaks CalDAV at {root}: calendar-access)");
+    } else if challenge.is_some() {
+        println!(
+            "upstream {url}: WARN: {root} asks for credentials before it says what it speaks \
+             (set gc.username and gc.password to let this check log in)"
+        );
+    } else {
+        println!(
+            "upstream {url}: FAIL: reachable, but its DAV header lacks calendar-access \
+             at {root} (is this a CalDAV server?)"
+        );
+        ok = false;
+    }
+    if let Some(h) = challenge {
+        let schemes: Vec<String> = h
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split_whitespace().next())
+            .map(|s| s.trim_end_matches(',').to_ascii_lowercase())
+            .collect();
+        if schemes.iter().any(|s| s == "digest") && !schemes.iter().any(|s| s == "basic") {
+            println!(
+                "upstream {url}: FAIL: {root} offers only Digest authentication; calattach \
+                 replays the caller's credentials on its own requests, which Digest forbids, \
+                 so attachment requests would all fail with 401. Switch the server to Basic \
+                 (Baikal: dav_auth_type Basic, on the admin page under Settings or in \
+                 config/baikal.yaml) and serve it over TLS"
+            );
+            ok = false;
+        } else if !schemes.is_empty() {
+            println!(
+                "upstream {url}: ok (authentication: {})",
+                schemes.join(", ")
+            );
+        }
+    }
+    ok
+}
+
+/// Where `/.well-known/caldav` (RFC 6764) redirects to on the upstream, if anywhere.
+async fn dav_root(state: &server::State) -> Option<String> {
+    let mut req = http::Request::new(crate::body::empty());
+    *req.method_mut() = http::Method::from_bytes(b"PROPFIND").ok()?;
+    req.headers_mut()
+        .insert("depth", http::HeaderValue::from_static("0"));
+    *req.uri_mut() = state.upstream.uri_for(crate::identity::WELL_KNOWN).ok()?;
+    req.headers_mut()
+        .insert(http::header::HOST, state.upstream.authority().clone());
+    let resp = state.upstream.send(req).await.ok()?;
+    let location = resp
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let redirect = resp.status().is_redirection();
+    crate::attach::drain(resp).await;
+    let path = crate::identity::same_upstream_path(&state.upstream, &location?)?;
+    redirect.then_some(path)
+}
+
+/// `method path` upstream (depth 0), with the gc service credential when `login` and
+/// one is configured: the status and headers.
+async fn probe_path(
+    state: &server::State,
+    method: &str,
+    path: &str,
+    login: bool,
+) -> Result<(http::StatusCode, http::HeaderMap), crate::error::Error> {
+    let mut req = http::Request::new(crate::body::empty());
+    *req.method_mut() = http::Method::from_bytes(method.as_bytes())
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+    req.headers_mut()
+        .insert("depth", http::HeaderValue::from_static("0"));
+    *req.uri_mut() = state.upstream.uri_for(path)?;
+    req.headers_mut()
+        .insert(http::header::HOST, state.upstream.authority().clone());
+    if login {
+        if let Some(v) = gc_authorization(state) {
+            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+        }
+    }
+    let resp = state.upstream.send(req).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    crate::attach::drain(resp).await;
+    Ok((status, headers))
+}
+
+/// `Basic` of the gc service credential, when configured.
+fn gc_authorization(state: &server::State) -> Option<http::HeaderValue> {
+    use base64::Engine;
+    let user = state.config.gc.username.as_ref()?;
+    let pw = state.config.gc.password.as_deref().unwrap_or("");
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+    http::HeaderValue::from_str(&format!("Basic {token}")).ok()
 }
 
 /// calattach answers everything under `attachments.prefix` itself, so whatever the
@@ -241,15 +362,28 @@ async fn check_prefix(state: &server::State) -> bool {
         }
         let resp = state.upstream.send(req).await?;
         let status = resp.status();
+        let html = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
         crate::attach::drain(resp).await;
-        Ok::<_, crate::error::Error>(status)
+        Ok::<_, crate::error::Error>((status, html))
     };
     match probe.await {
-        Ok(s) if s == http::StatusCode::NOT_FOUND || s == http::StatusCode::GONE => {
+        Ok((s, true)) if s.is_success() && s != http::StatusCode::MULTI_STATUS => {
+            println!(
+                "attachments.prefix {prefix}: ok (the upstream answers PROPFIND {prefix}/ \
+                 with a web page ({s}, text/html), not a DAV resource: nothing of its DAV \
+                 server is hidden)"
+            );
+            true
+        }
+        Ok((s, _)) if s == http::StatusCode::NOT_FOUND || s == http::StatusCode::GONE => {
             println!("attachments.prefix {prefix}: ok (the upstream has nothing there: {s})");
             true
         }
-        Ok(s) if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN => {
+        Ok((s, _)) if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN => {
             let hint = if state.config.gc.username.is_some() {
                 ""
             } else {
@@ -261,7 +395,7 @@ async fn check_prefix(state: &server::State) -> bool {
             );
             true
         }
-        Ok(s) => {
+        Ok((s, _)) => {
             println!(
                 "attachments.prefix {prefix}: FAIL: prefix collision: the upstream answers \
                  PROPFIND {prefix}/ with {s}, not 404; calattach serves every path under the \

@@ -120,6 +120,11 @@ pub enum Error {
     UpstreamUnreachable,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// `502`: the upstream answered an internal request with something calattach cannot
+    /// use (a `404` where its own resource should be, an HTML page, an unparsable body);
+    /// logged with the URL and status where it was seen.
+    #[error("unusable upstream answer: {0}")]
+    UpstreamAnswer(String),
     /// `503 Retry-After`: the object store is unreachable or too busy; nothing changed.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
@@ -143,6 +148,15 @@ pub enum Error {
     Internal(String),
 }
 
+/// The message of the `401` that answers Digest credentials on an owned route (they
+/// cannot be replayed on calattach's own upstream requests).
+pub const DIGEST_REFUSAL: &str = "Digest authentication cannot be used for attachment requests: \
+calattach must replay the credentials on its own requests to the calendar server, and a Digest \
+response is bound to one method and URI. Use Basic authentication (over TLS) or a bearer token. \
+If the calendar server offers only Digest, switch it to Basic: on Baikal set dav_auth_type to \
+Basic (admin page: Settings, WebDAV authentication type; or dav_auth_type: 'Basic' in \
+config/baikal.yaml).\n";
+
 /// `<D:error><D:need-privileges>` for `DAV:read` on `href` (RFC 3744 §7.1.1).
 fn need_read(href: &str) -> String {
     format!(
@@ -154,6 +168,24 @@ fn need_read(href: &str) -> String {
 }
 
 impl Error {
+    /// The upstream's refusal of an internal request as calattach's own answer: its
+    /// `401` with its challenges, or `403`.
+    pub fn refused<B>(upstream: &Response<B>) -> Error {
+        if upstream.status() == StatusCode::UNAUTHORIZED {
+            Error::Unauthorized {
+                message: "the calendar server refused the credentials".into(),
+                challenge: upstream
+                    .headers()
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .cloned()
+                    .collect(),
+            }
+        } else {
+            Error::Forbidden
+        }
+    }
+
     /// A `401` whose challenge is learned from the upstream before it is sent.
     pub fn unauthorized(message: impl Into<String>) -> Error {
         Error::Unauthorized {
@@ -176,7 +208,9 @@ impl Error {
             }
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
-            Error::UpstreamUnavailable | Error::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Error::UpstreamUnavailable | Error::UpstreamUnreachable | Error::UpstreamAnswer(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StorageUnavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -198,6 +232,12 @@ impl Error {
             Error::UpstreamUnavailable | Error::UpstreamUnreachable => (
                 "text/plain; charset=utf-8",
                 "502 bad gateway: the calendar server is unreachable\n".to_owned(),
+            ),
+            Error::UpstreamAnswer(_) => (
+                "text/plain; charset=utf-8",
+                "502 bad gateway: the calendar server gave an answer calattach cannot use \
+                 (see calattach's log)\n"
+                    .to_owned(),
             ),
             Error::UpstreamTimeout => (
                 "text/plain; charset=utf-8",

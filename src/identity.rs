@@ -1,9 +1,18 @@
 //! Who the caller is, according to the upstream (DESIGN §5).
 //!
 //! calattach keeps no user database. With the caller's own credentials it asks the
-//! upstream for `DAV:current-user-principal` (RFC 5397), then the principal's
-//! `CALDAV:calendar-home-set` and `CALDAV:calendar-user-address-set` (RFC 4791 §6.2.1,
-//! RFC 6638 §2.4.1). Servers that expose no `mailto:` address (Radicale answers with an
+//! upstream for `DAV:current-user-principal` (RFC 5397) of the resource the request
+//! itself addresses (the calendar object, or its collection when the object does not
+//! exist yet), then the principal's `CALDAV:calendar-home-set` and
+//! `CALDAV:calendar-user-address-set` (RFC 4791 §6.2.1, RFC 6638 §2.4.1). Never `/`:
+//! the DAV server may live below the origin's root (Baïkal's `/dav.php/`, Nextcloud's
+//! `/remote.php/dav/`), where `/` is a web page.
+//!
+//! The upstream's answers are mapped by what it said: `401` is a refusal of the
+//! credentials (relayed with its challenge); `403` on the caller's own resource is a
+//! refusal too; anything else that is not a usable `207` (a `404` on the collection, a
+//! redirect, an HTML page, an unparsable body) is an upstream problem, `502`, logged
+//! with the URL and status. Servers that expose no `mailto:` address (Radicale answers with an
 //! href) get one from `identity.address_template`, e.g. `mailto:{user}@example.org`,
 //! where `{user}` is the Basic user name, or else the last segment of the principal URL.
 //!
@@ -76,7 +85,8 @@ pub fn normalize_address(a: &str) -> String {
 /// What resolving gave.
 pub enum Resolved {
     Known(Arc<Identity>),
-    /// The upstream refused the credentials: its answer (401 and challenge) to relay.
+    /// The upstream refused the credentials: its answer (`401` and challenge, or `403`)
+    /// to relay.
     Refused(Response<Body>),
 }
 
@@ -137,12 +147,14 @@ impl IdentityCache {
         entries.insert(slot, (Instant::now(), id));
     }
 
-    /// Resolves the caller (cached). Anonymous callers have no identity: the caller
-    /// decides what that means (usually a 401 challenge).
+    /// Resolves the caller (cached) from `resource`, the upstream path the request
+    /// addresses (an object or a collection). Anonymous callers have no identity: the
+    /// caller decides what that means (usually a 401 challenge).
     pub async fn resolve(
         &self,
         upstream: &Upstream,
         caller: &Caller,
+        resource: &str,
     ) -> Result<Option<Resolved>, Error> {
         let Some(auth) = caller.authorization() else {
             return Ok(None);
@@ -151,49 +163,125 @@ impl IdentityCache {
         if let Some(id) = self.get(&slot) {
             return Ok(Some(Resolved::Known(id)));
         }
-        let resolved = fetch(upstream, caller, &self.config).await?;
+        let resolved = self.fetch(upstream, caller, resource).await?;
         if let Resolved::Known(id) = &resolved {
             self.put(slot, id.clone());
         }
         Ok(Some(resolved))
     }
+
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        caller: &Caller,
+        resource: &str,
+    ) -> Result<Resolved, Error> {
+        let cfg = &self.config;
+        // The object itself, then (when it does not exist yet, or no longer) its
+        // collection: both are resources the client addressed. When neither tells (a
+        // download by an attendee, who cannot read the organizer's object), the DAV
+        // root the server names itself (RFC 6764 bootstrap).
+        let collection = parent_collection(resource);
+        let mut candidates = vec![resource];
+        if collection != resource && collection != "/" {
+            candidates.push(collection);
+        }
+        candidates.push(WELL_KNOWN);
+        let mut found = None;
+        let mut seen = Vec::new();
+        // Whether some answer shows that the upstream knows the caller but would not
+        // name a principal there (a 403, or a 207 without the property).
+        let mut closed = false;
+        for path in candidates {
+            match propfind(upstream, caller, path, "<D:current-user-principal/>").await? {
+                Answer::Props(p) => match p.principal.into_iter().next() {
+                    Some(principal) => {
+                        found = Some(principal);
+                        break;
+                    }
+                    None => {
+                        closed = true;
+                        seen.push(format!("{path}: 207 without a principal"));
+                    }
+                },
+                Answer::Refused(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                    return Ok(Resolved::Refused(r))
+                }
+                Answer::Refused(r) => {
+                    closed = true;
+                    seen.push(format!("{path}: {}", r.status()));
+                }
+                Answer::Other(status) => seen.push(format!("{path}: {status}")),
+            }
+        }
+        let Some(principal) = found else {
+            if closed {
+                tracing::info!(url = %resource, answers = %seen.join(", "), "the upstream names no current-user-principal for the caller");
+                return Err(Error::Forbidden);
+            }
+            let answers = seen.join(", ");
+            tracing::warn!(
+                url = %resource,
+                %answers,
+                "unusable answers from the calendar server to the identity PROPFINDs"
+            );
+            return Err(Error::UpstreamAnswer(format!(
+                "no current-user-principal for {resource} ({answers})"
+            )));
+        };
+        let props = match propfind(
+            upstream,
+            caller,
+            &principal,
+            "<C:calendar-home-set/><C:calendar-user-address-set/>",
+        )
+        .await?
+        {
+            Answer::Props(p) => p,
+            Answer::Refused(r) => return Ok(Resolved::Refused(r)),
+            Answer::Other(status) => return Err(unusable(&principal, status, "")),
+        };
+        let user = caller.user.clone();
+        let mut addresses: Vec<String> = props
+            .addresses
+            .iter()
+            .map(|a| normalize_address(a))
+            .collect();
+        add_template_address(&mut addresses, cfg, user.as_deref(), &principal);
+        Ok(Resolved::Known(Arc::new(Identity {
+            principal,
+            homes: props.homes,
+            addresses,
+            user,
+        })))
+    }
 }
 
-async fn fetch(
-    upstream: &Upstream,
-    caller: &Caller,
-    cfg: &IdentityConfig,
-) -> Result<Resolved, Error> {
-    let (status, props) = propfind(upstream, caller, "/", "<D:current-user-principal/>").await?;
-    let props = match (status, props) {
-        (_, Err(refusal)) => return Ok(Resolved::Refused(refusal)),
-        (_, Ok(p)) => p,
-    };
-    let principal = props.principal.first().cloned().ok_or(Error::Forbidden)?;
-    let (_, props) = propfind(
-        upstream,
-        caller,
-        &principal,
-        "<C:calendar-home-set/><C:calendar-user-address-set/>",
-    )
-    .await?;
-    let props = match props {
-        Err(refusal) => return Ok(Resolved::Refused(refusal)),
-        Ok(p) => p,
-    };
-    let user = caller.user.clone();
-    let mut addresses: Vec<String> = props
-        .addresses
-        .iter()
-        .map(|a| normalize_address(a))
-        .collect();
-    add_template_address(&mut addresses, cfg, user.as_deref(), &principal);
-    Ok(Resolved::Known(Arc::new(Identity {
-        principal,
-        homes: props.homes,
-        addresses,
-        user,
-    })))
+/// The RFC 6764 context path bootstrap: every server calattach runs in front of
+/// redirects it to its DAV root (Radicale and Xandikos `/`, Baïkal `/dav.php`).
+pub const WELL_KNOWN: &str = "/.well-known/caldav";
+
+/// `/a/b/c.ics` → `/a/b/`; a collection (`/a/b/`) is its own.
+fn parent_collection(path: &str) -> &str {
+    if path.ends_with('/') {
+        return path;
+    }
+    match path.rfind('/') {
+        Some(i) => &path[..=i],
+        None => "/",
+    }
+}
+
+/// An answer to an internal request that calattach cannot use: `502`, with a log line
+/// naming the URL and status (and what was wrong with a `207`).
+pub fn unusable(path: &str, status: StatusCode, why: &str) -> Error {
+    tracing::warn!(
+        url = %path,
+        status = status.as_u16(),
+        why,
+        "unusable answer from the calendar server to an internal PROPFIND"
+    );
+    Error::UpstreamAnswer(format!("PROPFIND {path} answered {status}{why}"))
 }
 
 /// Adds the `address_template` address for `user` (or else the principal's last path
@@ -243,23 +331,28 @@ impl IdentityCache {
         caller: &Caller,
         collection: &str,
     ) -> Result<Option<Owner>, Error> {
-        let (_, props) = propfind(upstream, caller, collection, "<D:owner/>").await?;
-        let Some(principal) = props.ok().and_then(|p| p.owner.into_iter().next()) else {
+        let props = match propfind(upstream, caller, collection, "<D:owner/>").await? {
+            Answer::Props(p) => p,
+            Answer::Refused(_) => return Ok(None),
+            Answer::Other(status) => return Err(unusable(collection, status, "")),
+        };
+        let Some(principal) = props.owner.into_iter().next() else {
             return Ok(None);
         };
-        let (_, props) = propfind(
+        let addresses = match propfind(
             upstream,
             caller,
             &principal,
             "<C:calendar-user-address-set/>",
         )
-        .await?;
-        let mut addresses: Vec<String> = props
-            .map(|p| p.addresses)
-            .unwrap_or_default()
-            .iter()
-            .map(|a| normalize_address(a))
-            .collect();
+        .await?
+        {
+            Answer::Props(p) => p.addresses,
+            // The owner's principal may be closed to the caller: no addresses then.
+            Answer::Refused(_) | Answer::Other(StatusCode::NOT_FOUND) => Vec::new(),
+            Answer::Other(status) => return Err(unusable(&principal, status, "")),
+        };
+        let mut addresses: Vec<String> = addresses.iter().map(|a| normalize_address(a)).collect();
         add_template_address(&mut addresses, &self.config, None, &principal);
         Ok(Some(Owner {
             principal,
@@ -277,42 +370,67 @@ struct Props {
     owner: Vec<String>,
 }
 
-/// PROPFIND depth 0; a refusal (401, 403…) comes back as the response to relay.
+/// What an internal PROPFIND gave.
+enum Answer {
+    /// A `207` with an XML body.
+    Props(Props),
+    /// `401` or `403`: the upstream's refusal, to relay.
+    Refused(Response<Body>),
+    /// Any other status (drained).
+    Other(StatusCode),
+}
+
+/// PROPFIND depth 0 of `path` for `props`, with the caller's credentials. A `207`
+/// whose body is not XML (an HTML page under a `207`, a truncated answer) is an
+/// upstream problem ([`unusable`]).
 async fn propfind(
     upstream: &Upstream,
     caller: &Caller,
     path: &str,
     props: &str,
-) -> Result<(StatusCode, Result<Props, Response<Body>>), Error> {
-    let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
-         <D:propfind xmlns:D=\"DAV:\" xmlns:C=\"urn:ietf:params:xml:ns:caldav\">\
-         <D:prop>{props}</D:prop></D:propfind>"
-    );
-    let resp = caller
-        .propfind(
-            upstream,
-            path,
-            Some(HeaderValue::from_static("0")),
-            xml.into(),
-        )
-        .await?;
+) -> Result<Answer, Error> {
+    let xml = bytes::Bytes::from(propfind_body(props));
+    let resp = send_propfind(upstream, caller, path, xml).await?;
     let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Ok(Answer::Refused(upstream.relay_response(resp)));
+    }
     if status != StatusCode::MULTI_STATUS {
-        return Ok((status, Err(upstream.relay_response(resp))));
+        crate::attach::drain(resp).await;
+        return Ok(Answer::Other(status));
+    }
+    let xml = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_none_or(|m| m == "application/xml" || m == "text/xml" || m.ends_with("+xml"));
+    if !xml {
+        crate::attach::drain(resp).await;
+        return Err(unusable(path, status, ": not an XML body"));
     }
     let bytes = match Limited::new(resp.into_body(), MAX_RESPONSE).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            tracing::warn!(%path, error = %e, "reading identity PROPFIND failed");
+            tracing::warn!(url = %path, error = %e, "reading identity PROPFIND failed");
             return Err(Error::UpstreamUnavailable);
         }
     };
-    Ok((status, Ok(parse_props(&bytes))))
+    match parse_props(&bytes) {
+        Some(p) => Ok(Answer::Props(p)),
+        None => Err(unusable(path, status, ": not a DAV:multistatus")),
+    }
 }
 
-/// Collects the `DAV:href` values of the three properties, from 200 propstats only.
-fn parse_props(xml: &[u8]) -> Props {
+/// Collects the `DAV:href` values of the properties, from 200 propstats only; `None`
+/// when the body is not well-formed XML with a `DAV:multistatus` root.
+fn parse_props(xml: &[u8]) -> Option<Props> {
     let mut reader = quick_xml::NsReader::from_reader(xml);
     reader.config_mut().trim_text(true);
     let mut out = Props::default();
@@ -326,6 +444,7 @@ fn parse_props(xml: &[u8]) -> Props {
     let mut in_status = false;
     let mut status_ok = false;
     let mut text = String::new();
+    let mut root_seen = false;
     loop {
         let ev = reader.read_resolved_event_into(&mut buf);
         match ev {
@@ -336,6 +455,12 @@ fn parse_props(xml: &[u8]) -> Props {
                 };
                 let local = e.local_name();
                 let local = local.as_ref();
+                if !root_seen {
+                    if (ns.as_slice(), local) != (DAV, b"multistatus".as_slice()) {
+                        return None;
+                    }
+                    root_seen = true;
+                }
                 match (ns.as_slice(), local) {
                     (DAV, b"propstat") => {
                         pending = Props::default();
@@ -402,12 +527,71 @@ fn parse_props(xml: &[u8]) -> Props {
                     }
                 }
             }
-            Ok((_, Event::Eof)) | Err(_) => break,
+            Ok((_, Event::Eof)) => break,
+            Err(_) => return None,
             _ => {}
         }
         buf.clear();
     }
-    out
+    root_seen.then_some(out)
+}
+
+/// `PROPFIND` depth 0 of `path` for `DAV:current-user-principal` with the caller's
+/// credentials (none for an anonymous caller); on [`WELL_KNOWN`], a redirect to the
+/// same upstream is followed once.
+pub async fn ask_principal(
+    upstream: &Upstream,
+    caller: &Caller,
+    path: &str,
+) -> Result<crate::proxy::UpstreamResponse, Error> {
+    let xml = bytes::Bytes::from(propfind_body("<D:current-user-principal/>"));
+    send_propfind(upstream, caller, path, xml).await
+}
+
+fn propfind_body(props: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+         <D:propfind xmlns:D=\"DAV:\" xmlns:C=\"urn:ietf:params:xml:ns:caldav\">\
+         <D:prop>{props}</D:prop></D:propfind>"
+    )
+}
+
+async fn send_propfind(
+    upstream: &Upstream,
+    caller: &Caller,
+    path: &str,
+    xml: bytes::Bytes,
+) -> Result<crate::proxy::UpstreamResponse, Error> {
+    let depth = Some(HeaderValue::from_static("0"));
+    let resp = caller
+        .propfind(upstream, path, depth.clone(), xml.clone())
+        .await?;
+    if path != WELL_KNOWN || !resp.status().is_redirection() {
+        return Ok(resp);
+    }
+    let target = resp
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| same_upstream_path(upstream, l));
+    let Some(target) = target else {
+        return Ok(resp);
+    };
+    crate::attach::drain(resp).await;
+    caller.propfind(upstream, &target, depth, xml).await
+}
+
+/// The path of a `Location` that points into the upstream: a path, or an absolute URL
+/// of the upstream's own origin; `None` for anywhere else.
+pub fn same_upstream_path(upstream: &Upstream, location: &str) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(location.to_owned());
+    }
+    let url = url::Url::parse(location).ok()?;
+    let authority = upstream.authority().to_str().ok()?;
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    (authority == format!("{host}:{port}") || authority == host).then(|| url.path().to_owned())
 }
 
 /// Hrefs may be absolute URLs; the path is what calattach compares.
@@ -426,7 +610,7 @@ mod tests {
     fn radicale_principal_answer_parses() {
         let xml = br#"<?xml version='1.0' encoding='utf-8'?>
 <multistatus xmlns="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><response><href>/user1/</href><propstat><prop><C:calendar-home-set><href>/user1/</href></C:calendar-home-set><C:calendar-user-address-set><href>/user1/</href></C:calendar-user-address-set></prop><status>HTTP/1.1 200 OK</status></propstat></response></multistatus>"#;
-        let p = parse_props(xml);
+        let p = parse_props(xml).unwrap();
         assert_eq!(p.homes, ["/user1/"]);
         assert_eq!(p.addresses, ["/user1/"]);
     }
@@ -437,7 +621,7 @@ mod tests {
 <D:propstat><D:prop><D:current-user-principal><D:href>http://h:1/principals/u/</D:href></D:current-user-principal></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>
 <D:propstat><D:prop><C:calendar-home-set xmlns:C="urn:ietf:params:xml:ns:caldav"><D:href>/nope/</D:href></C:calendar-home-set></D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>
 </D:response></D:multistatus>"#;
-        let p = parse_props(xml);
+        let p = parse_props(xml).unwrap();
         assert_eq!(p.principal, ["/principals/u/"]);
         assert!(p.homes.is_empty());
     }
@@ -445,7 +629,7 @@ mod tests {
     #[test]
     fn dav_owner_of_a_collection_parses() {
         let xml = br#"<multistatus xmlns="DAV:"><response><href>/user1/calendar/</href><propstat><prop><owner><href>/user1/</href></owner></prop><status>HTTP/1.1 200 OK</status></propstat></response></multistatus>"#;
-        let p = parse_props(xml);
+        let p = parse_props(xml).unwrap();
         assert_eq!(p.owner, ["/user1/"]);
         assert!(p.principal.is_empty());
     }

@@ -420,7 +420,7 @@ pub async fn handle(
             let path = path.as_deref().unwrap_or("/");
             Error::Unauthorized {
                 message,
-                challenge: state.upstream.challenge(path).await,
+                challenge: attach::challenge_for(state, path).await,
             }
             .into_response()
         }

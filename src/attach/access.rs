@@ -35,13 +35,19 @@ use super::params::AttachAction;
 /// Most organizer-side holders probed with a HEAD when deciding a download.
 const MAX_HOLDER_PROBES: usize = 8;
 
-/// The caller's identity; `Err` holds the upstream's refusal (401) to relay. Anonymous
-/// callers have none (`Ok(None)`).
+/// The caller's identity, resolved from `resource` (the upstream path the request
+/// addresses); `Err` holds the upstream's refusal (401 with its challenge, or 403) to
+/// relay. Anonymous callers have none (`Ok(None)`).
 pub async fn identify(
     state: &State,
     caller: &Caller,
+    resource: &str,
 ) -> Result<Result<Option<Arc<Identity>>, Response<Body>>, Error> {
-    match state.identity.resolve(&state.upstream, caller).await? {
+    match state
+        .identity
+        .resolve(&state.upstream, caller, resource)
+        .await?
+    {
         None => Ok(Ok(None)),
         Some(Resolved::Known(id)) => Ok(Ok(Some(id))),
         Some(Resolved::Refused(resp)) => Ok(Err(resp)),
@@ -108,20 +114,9 @@ pub async fn may_change(
     cal: &Calendar,
     action: AttachAction,
 ) -> Result<Option<Arc<Identity>>, Error> {
-    let identity = match identify(state, caller).await? {
+    let identity = match identify(state, caller, path).await? {
         Ok(id) => id,
-        Err(refusal) => {
-            // The upstream's own challenge goes back with our 401 (RFC 9110 §11.6.1).
-            return Err(Error::Unauthorized {
-                message: "the calendar server refused the credentials".into(),
-                challenge: refusal
-                    .headers()
-                    .get_all(http::header::WWW_AUTHENTICATE)
-                    .iter()
-                    .cloned()
-                    .collect(),
-            });
-        }
+        Err(refusal) => return Err(Error::refused(&refusal)),
     };
     let owner = owner_addresses(state, caller, identity.as_deref(), path).await?;
     if is_attendee_copy(cal, &owner) {
@@ -229,7 +224,7 @@ fn need_read(state: &State, meta: &Meta) -> Response<Body> {
 
 /// DESIGN §6: decided before the attachment's state is revealed.
 pub async fn may_download(state: &State, caller: &Caller, meta: &Meta) -> Result<Download, Error> {
-    let identity = match identify(state, caller).await? {
+    let identity = match identify(state, caller, &meta.href).await? {
         Ok(Some(id)) => id,
         Ok(None) => return Ok(Download::Denied(need_read(state, meta))),
         Err(refusal) => return Ok(Download::Denied(refusal)),

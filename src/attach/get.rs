@@ -21,6 +21,7 @@ use crate::body::{self, Body, BoxError};
 use crate::config::DownloadMode;
 use crate::error::Error;
 use crate::ical::Calendar;
+use crate::identity::{ask_principal, WELL_KNOWN};
 use crate::server::State;
 use crate::store::{AttachmentId, ByteRange, Meta, State as AttState, StoreError};
 
@@ -32,9 +33,6 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
     let head = req.method() == Method::HEAD;
 
     let capability = state.config.attachments.download == DownloadMode::Capability;
-    if caller.is_anonymous() && !capability {
-        return Err(Error::unauthorized("authentication required"));
-    }
     let found = match AttachmentId::parse(id_text) {
         Some(id) => state
             .store
@@ -43,6 +41,9 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
             .map_err(super::post::store_error)?,
         None => None,
     };
+    if caller.is_anonymous() && !capability {
+        return challenge(state, found.as_ref().map(|(m, _)| m)).await;
+    }
     let Some((meta, att_state)) = found else {
         if capability {
             return Err(Error::NotFound);
@@ -124,28 +125,66 @@ async fn access(
     }
 }
 
-/// Asks the upstream whether the caller's credentials are valid (`PROPFIND /`, depth 0,
-/// for `DAV:current-user-principal`). Returns the upstream's `401` to relay when not.
+/// Asks the upstream whether the caller's credentials are valid, for an attachment id
+/// calattach does not know (so no calendar object to ask about): `PROPFIND` depth 0
+/// for `DAV:current-user-principal` of [`dav_resource`]. Returns the upstream's `401`
+/// to relay when it refuses them.
 async fn verify_credentials(
     state: &State,
     caller: &Caller,
 ) -> Result<Option<Response<Body>>, Error> {
-    const BODY: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
-        <D:propfind xmlns:D=\"DAV:\"><D:prop><D:current-user-principal/></D:prop></D:propfind>";
-    let depth = Some(HeaderValue::from_static("0"));
-    let resp = caller
-        .propfind(
-            &state.upstream,
-            "/",
-            depth,
-            bytes::Bytes::from_static(BODY.as_bytes()),
-        )
-        .await?;
+    let resp = ask_dav(state, caller, None).await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Ok(Some(state.upstream.relay_response(resp)));
     }
     super::drain(resp).await;
     Ok(None)
+}
+
+/// `401` mirroring the upstream's challenge (its schemes and realm), learned by asking
+/// it without credentials about [`dav_resource`].
+async fn challenge(state: &State, meta: Option<&Meta>) -> Result<Response<Body>, Error> {
+    let anonymous = Caller::from_headers(&HeaderMap::new())?;
+    let resp = ask_dav(state, &anonymous, meta).await?;
+    let www = resp
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    super::drain(resp).await;
+    let mut out = Error::unauthorized("authentication required").into_response();
+    if www.is_empty() {
+        out.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"calattach\""),
+        );
+    }
+    for v in www {
+        out.headers_mut().append(header::WWW_AUTHENTICATE, v);
+    }
+    Ok(out)
+}
+
+/// The DAV resource a download is checked against: never `/` (the DAV server may live
+/// below the origin's root, as Baïkal's `/dav.php/` does), but the collection of the
+/// object holding the attachment; for an unknown id, the RFC 6764 bootstrap
+/// `/.well-known/caldav`, whose redirect to the server's DAV root is followed.
+pub fn dav_resource(meta: Option<&Meta>) -> String {
+    match meta {
+        Some(m) => super::access::parent_collection(&m.href).to_owned(),
+        None => WELL_KNOWN.to_owned(),
+    }
+}
+
+/// `PROPFIND` depth 0 for `DAV:current-user-principal` of [`dav_resource`] with the
+/// caller's credentials (or none).
+async fn ask_dav(
+    state: &State,
+    caller: &Caller,
+    meta: Option<&Meta>,
+) -> Result<crate::proxy::UpstreamResponse, Error> {
+    ask_principal(&state.upstream, caller, &dav_resource(meta)).await
 }
 
 /// Streams the blob with the headers of DESIGN §6; `Range`, `If-Range`, `If-None-Match`.

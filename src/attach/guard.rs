@@ -178,7 +178,7 @@ impl<'a> Landing<'a> {
         target: &str,
         new_ids: BTreeSet<String>,
     ) -> Result<Result<Landing<'a>, Response<Body>>, Error> {
-        let identity = match access::identify(state, &caller).await? {
+        let identity = match access::identify(state, &caller, target).await? {
             Ok(id) => id,
             Err(refusal) => return Ok(Err(refusal)),
         };

@@ -62,12 +62,7 @@ impl Caller {
                 .and_then(|raw| String::from_utf8(raw).ok())
                 .and_then(|s| s.split_once(':').map(|(u, _)| u.to_owned()))
         } else if scheme.eq_ignore_ascii_case("digest") {
-            return Err(Error::unauthorized(
-                "Digest authentication cannot be used for attachment requests: calattach must \
-                 replay the credentials on its own requests to the calendar server, and a \
-                 Digest response is bound to one method and URI. Use Basic authentication \
-                 (over TLS) or a bearer token.",
-            ));
+            return Err(Error::unauthorized(crate::error::DIGEST_REFUSAL.trim_end()));
         } else {
             None
         };
@@ -173,6 +168,49 @@ pub fn refuse_cross_site(
         }
     }
     Ok(())
+}
+
+/// The upstream's own `WWW-Authenticate` challenges (RFC 9110 §11.6.1) for a `401`
+/// calattach answers itself about `path`: learned by asking the upstream without
+/// credentials about the resource the request addresses (its collection when the object
+/// is missing; for a download, the resource [`get`] checks downloads against) — never
+/// `/`, which need not be the DAV server (Baïkal's is `/dav.php/`). When the upstream
+/// names none, `Basic realm="calattach"`.
+pub async fn challenge_for(state: &crate::server::State, path: &str) -> Vec<HeaderValue> {
+    let anonymous = Caller {
+        authorization: None,
+        user: None,
+    };
+    let prefix = &state.config.attachments.prefix;
+    let mut candidates = Vec::new();
+    if crate::router::under_prefix(path, prefix) {
+        candidates.push(get::dav_resource(None));
+    } else {
+        candidates.push(path.to_owned());
+        let collection = access::parent_collection(path);
+        if collection != path && collection != "/" {
+            candidates.push(collection.to_owned());
+        }
+    }
+    for candidate in candidates {
+        let Ok(resp) =
+            crate::identity::ask_principal(&state.upstream, &anonymous, &candidate).await
+        else {
+            break;
+        };
+        let status = resp.status();
+        let www: Vec<HeaderValue> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .cloned()
+            .collect();
+        drain(resp).await;
+        if status == StatusCode::UNAUTHORIZED && !www.is_empty() {
+            return www;
+        }
+    }
+    vec![HeaderValue::from_static("Basic realm=\"calattach\"")]
 }
 
 /// A calendar object as read from the upstream.

@@ -216,7 +216,9 @@ async fn propfind(
     // Digest cannot be replayed; such a caller simply gets no home and no look-up.
     let caller = Caller::from_headers(&parts.headers).ok();
     let homes = match &caller {
-        Some(c) if wanted.contains(OurProp::ServerUrl) => home_paths(state, c).await,
+        Some(c) if wanted.contains(OurProp::ServerUrl) => {
+            home_paths(state, c, parts.uri.path()).await
+        }
         _ => Vec::new(),
     };
     let trust_hints = match &kind {
@@ -303,8 +305,13 @@ fn rewritable(resp: &Response<Body>) -> bool {
 }
 
 /// The caller's calendar homes, normalised; none when the caller cannot be resolved.
-async fn home_paths(state: &State, caller: &Caller) -> Vec<String> {
-    match state.identity.resolve(&state.upstream, caller).await {
+/// Resolved from `resource`, the collection the PROPFIND addresses.
+async fn home_paths(state: &State, caller: &Caller, resource: &str) -> Vec<String> {
+    match state
+        .identity
+        .resolve(&state.upstream, caller, resource)
+        .await
+    {
         Ok(Some(Resolved::Known(id))) => id.homes.iter().map(|h| normalize_href(h)).collect(),
         Ok(_) => Vec::new(),
         Err(e) => {

@@ -37,16 +37,7 @@ pub struct Upstream {
     preserve_host: bool,
     x_forwarded: bool,
     forwarded: bool,
-    challenges: std::sync::Arc<std::sync::Mutex<ChallengeCache>>,
 }
-
-/// The upstream's `WWW-Authenticate` challenges per path, with when they were learned.
-type ChallengeCache = std::collections::HashMap<String, (std::time::Instant, Vec<HeaderValue>)>;
-
-/// How long a learned challenge is reused.
-const CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// Most paths whose challenge is kept.
-const CHALLENGE_CACHE_SIZE: usize = 256;
 
 // === impl Upstream ===
 
@@ -90,70 +81,7 @@ impl Upstream {
             preserve_host: cfg.preserve_host,
             x_forwarded: cfg.forwarded_headers.x_forwarded,
             forwarded: cfg.forwarded_headers.forwarded,
-            challenges: Default::default(),
         })
-    }
-
-    /// The upstream's `WWW-Authenticate` challenges for `path` (RFC 9110 §11.6.1), for a
-    /// `401` calattach sends itself: learned from an unauthenticated `PROPFIND` of the path
-    /// (then of `/`) and kept for a minute. When the upstream names none (or cannot be
-    /// asked), `Basic realm="calattach"`.
-    pub async fn challenge(&self, path: &str) -> Vec<HeaderValue> {
-        let cached = {
-            let cache = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-            cache
-                .get(path)
-                .filter(|(at, _)| at.elapsed() < CHALLENGE_TTL)
-                .map(|(_, c)| c.clone())
-        };
-        if let Some(c) = cached {
-            return c;
-        }
-        let mut found = Vec::new();
-        for p in [path, "/"] {
-            found = self.ask_challenge(p).await;
-            if !found.is_empty() {
-                break;
-            }
-        }
-        if found.is_empty() {
-            found.push(HeaderValue::from_static("Basic realm=\"calattach\""));
-        }
-        let mut cache = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CHALLENGE_CACHE_SIZE {
-            cache.retain(|_, (at, _)| at.elapsed() < CHALLENGE_TTL);
-            if cache.len() >= CHALLENGE_CACHE_SIZE {
-                cache.clear();
-            }
-        }
-        cache.insert(path.to_owned(), (std::time::Instant::now(), found.clone()));
-        found
-    }
-
-    async fn ask_challenge(&self, path: &str) -> Vec<HeaderValue> {
-        let Ok(uri) = self.uri_for(path) else {
-            return Vec::new();
-        };
-        let mut req = Request::new(body::empty());
-        *req.uri_mut() = uri;
-        *req.method_mut() = http::Method::from_bytes(b"PROPFIND").unwrap_or_default();
-        req.headers_mut()
-            .insert("depth", HeaderValue::from_static("0"));
-        let Ok(resp) = self.send(req).await else {
-            return Vec::new();
-        };
-        let found = resp
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .cloned()
-            .collect();
-        let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            resp.into_body(),
-            64 * 1024,
-        ))
-        .await;
-        found
     }
 
     /// The request target for an upstream path (and query), e.g.

@@ -1,9 +1,12 @@
 //! `calattach attach …` (the client) against the real calattach in front of real
 //! Radicale: add, list, get, update, remove, credentials from flags, the environment
-//! and a netrc file, and refusals explained from their RFC 8607 §3.11 bodies.
+//! and a netrc file, and refusals explained from their RFC 8607 §3.11 bodies. The round
+//! trip runs on every upstream; the credential and refusal cases concern the client
+//! and calattach only, so they run on Radicale.
 
 use crate::harness::calattach::{run_to_exit, Exit};
-use crate::harness::{Calattach, Storage, Upstream};
+use crate::harness::{Calattach, Kind, Storage, Upstream};
+use crate::transparency::on_each;
 use std::path::Path;
 
 const USER: &str = "user1";
@@ -52,9 +55,8 @@ async fn new_event(up: &Upstream, proxy: &Calattach) -> String {
     proxy.url(&href)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn add_list_get_update_remove_round_trip() {
-    let up = Upstream::radicale();
+async fn round_trip(kind: Kind) {
+    let up = Upstream::get(kind);
     let proxy = Calattach::start(up, Storage::Local, "");
     let event = new_event(up, &proxy).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -128,6 +130,8 @@ async fn add_list_get_update_remove_round_trip() {
     let listed = ok("list", attach(dir.path(), up, &["list", &event]), &proxy);
     assert_eq!(listed, "", "attachments left after remove");
 }
+
+on_each!(round_trip: add_list_get_update_remove_round_trip);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_upload_is_explained_from_the_precondition_body() {

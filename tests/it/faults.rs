@@ -10,13 +10,18 @@
 //! downloads with the exact bytes uploaded, and the store holds blobs for exactly the
 //! ids the object references (listing the directory or bucket).
 //!
-//! [`Lab`] is shared with `gc.rs`.
+//! [`Lab`] is shared with `gc.rs`. Faults between calattach and its upstream or store
+//! do not depend on which CalDAV server answers, so the matrix runs on Radicale; the
+//! cases where the upstream's own answers matter to recovery (a commit the upstream
+//! applied but whose answer was lost, a refused commit: sabre/dav answers a rewritten
+//! PUT without an ETag and has calattach re-read) run on Baïkal as well.
 
 use crate::attach::{parse_line, unfold, vevents, Backend, USER};
 use crate::harness::calattach::{bin, config, run_to_exit, Exit};
 use crate::harness::faultproxy::{Action, FaultProxy, Mode, Release};
 use crate::harness::process::{port_open, Proc};
-use crate::harness::{loopback, raw, unique, Client, Moto, Reply, Storage, Upstream};
+use crate::harness::upstream::usable;
+use crate::harness::{loopback, raw, unique, Client, Kind, Moto, Reply, Storage, Upstream};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -63,7 +68,12 @@ pub struct Lab {
 
 impl Lab {
     pub async fn start(backend: Backend, extra_toml: &str) -> Lab {
-        let up = Upstream::radicale();
+        Lab::start_kind(Kind::Radicale, backend, extra_toml).await
+    }
+
+    /// Like [`Lab::start`], in front of the shared upstream of `kind`.
+    pub async fn start_kind(kind: Kind, backend: Backend, extra_toml: &str) -> Lab {
+        let up = Upstream::get(kind);
         let cal = up.new_calendar(USER, "faults").await;
         Lab::start_on(up.port(), cal, backend, extra_toml, true).await
     }
@@ -702,8 +712,8 @@ async fn s3_errors_that_outlast_the_retries_answer_503() {
 /// tries again until `commit_deadline`): each answer is that 500, the object is
 /// unchanged, the new blob of add and update is deleted at once, and the existing
 /// attachment stays live and downloadable.
-async fn upstream_500_on_commit_changes_nothing(backend: Backend) {
-    let mut lab = Lab::start(backend, "[attachments]\ncommit_deadline = \"1s\"\n").await;
+async fn upstream_500_on_commit_changes_nothing(kind: Kind, backend: Backend) {
+    let mut lab = Lab::start_kind(kind, backend, "[attachments]\ncommit_deadline = \"1s\"\n").await;
     let href = lab.new_event("Refused").await;
     let keep = File::new("keep.txt", 1500);
     let id = add_ok(&lab, &href, &keep).await;
@@ -737,12 +747,22 @@ async fn upstream_500_on_commit_changes_nothing(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_500_on_commit_changes_nothing_local() {
-    upstream_500_on_commit_changes_nothing(Backend::Local).await;
+    upstream_500_on_commit_changes_nothing(Kind::Radicale, Backend::Local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_500_on_commit_changes_nothing_s3() {
-    upstream_500_on_commit_changes_nothing(Backend::S3).await;
+    upstream_500_on_commit_changes_nothing(Kind::Radicale, Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_500_on_commit_changes_nothing_baikal_local() {
+    if usable(
+        Kind::Baikal,
+        "faults::upstream_500_on_commit_changes_nothing_baikal_local",
+    ) {
+        upstream_500_on_commit_changes_nothing(Kind::Baikal, Backend::Local).await;
+    }
 }
 
 // === upstream times out on the commit ===
@@ -780,9 +800,8 @@ async fn commit_that_never_arrives_times_out_504_and_gc_deletes_the_pending_blob
 /// The upstream applies the commit PUT of an add but its answer comes too late: the
 /// client gets 504, yet the object references the attachment. It must not be deleted:
 /// gc finds it referenced and promotes it, and it downloads intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commit_applied_but_answered_too_late_gives_504_and_gc_promotes() {
-    let mut lab = Lab::start(Backend::Local, "").await;
+async fn commit_applied_but_answered_too_late(kind: Kind) {
+    let mut lab = Lab::start_kind(kind, Backend::Local, "").await;
     let href = lab.new_event("Late answer").await;
     let file = File::new("late.txt", 5000);
     let mut trigger = lab.upstream_fp.on(&commit_put(&href), Action::HoldResponse);
@@ -803,6 +822,19 @@ async fn commit_applied_but_answered_too_late_gives_504_and_gc_promotes() {
         out.contains(&format!("promoted pending {id}")),
         "gc output:\n{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_applied_but_answered_too_late_gives_504_and_gc_promotes() {
+    commit_applied_but_answered_too_late(Kind::Radicale).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_applied_but_answered_too_late_gives_504_and_gc_promotes_on_baikal() {
+    let name = "faults::commit_applied_but_answered_too_late_gives_504_and_gc_promotes_on_baikal";
+    if usable(Kind::Baikal, name) {
+        commit_applied_but_answered_too_late(Kind::Baikal).await;
+    }
 }
 
 // === the client goes away mid-upload ===
@@ -903,8 +935,8 @@ async fn sigkill_before_commit_then_gc_deletes_the_pending_blob_s3() {
 /// Killed after the upstream applied the commit PUT but before calattach heard the
 /// answer (so before it marked the attachment live): after restart gc finds the
 /// object referencing the pending id and promotes it; it downloads intact.
-async fn sigkill_after_commit_then_gc_promotes(backend: Backend) {
-    let mut lab = Lab::start(backend, "").await;
+async fn sigkill_after_commit_then_gc_promotes(kind: Kind, backend: Backend) {
+    let mut lab = Lab::start_kind(kind, backend, "").await;
     let href = lab.new_event("Killed after commit").await;
     let file = File::new("committed.bin", 7000);
     let mut trigger = lab.upstream_fp.on(&commit_put(&href), Action::HoldResponse);
@@ -927,12 +959,22 @@ async fn sigkill_after_commit_then_gc_promotes(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_commit_then_gc_promotes_local() {
-    sigkill_after_commit_then_gc_promotes(Backend::Local).await;
+    sigkill_after_commit_then_gc_promotes(Kind::Radicale, Backend::Local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_commit_then_gc_promotes_s3() {
-    sigkill_after_commit_then_gc_promotes(Backend::S3).await;
+    sigkill_after_commit_then_gc_promotes(Kind::Radicale, Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_commit_then_gc_promotes_baikal_local() {
+    if usable(
+        Kind::Baikal,
+        "faults::sigkill_after_commit_then_gc_promotes_baikal_local",
+    ) {
+        sigkill_after_commit_then_gc_promotes(Kind::Baikal, Backend::Local).await;
+    }
 }
 
 /// Killed while a batch commit (three adds queued behind a first one, committed with

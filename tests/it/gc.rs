@@ -11,6 +11,7 @@
 use crate::attach::Backend;
 use crate::faults::{File, Lab};
 use crate::harness::faultproxy::{Action, Release};
+use crate::harness::Kind;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -140,9 +141,8 @@ async fn leftovers(lab: &Lab, n: usize) -> Leftovers {
 /// `--dry-run` names every action it would take — delete the tombstone, delete the
 /// unreferenced pending id, promote the referenced one, delete the orphan blob — and
 /// leaves the store byte-for-byte as it was (same keys); the real run then does it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_reports_every_action_and_changes_nothing() {
-    let lab = Lab::start(Backend::Local, "").await;
+async fn dry_run(kind: Kind) {
+    let lab = Lab::start_kind(kind, Backend::Local, "").await;
     let left = leftovers(&lab, 1).await;
     let before = lab.keys();
     let exit = lab.gc(&["--dry-run"]);
@@ -182,6 +182,21 @@ async fn dry_run_reports_every_action_and_changes_nothing() {
     let referenced = lab.assert_object_sound(&left.href, &files).await;
     assert_eq!(referenced, left.kept());
     lab.assert_store_holds_exactly(&referenced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_every_action_and_changes_nothing() {
+    dry_run(Kind::Radicale).await;
+}
+
+/// The same on Baïkal: gc reads the objects with its service credential at the
+/// object's own path (under `/dav.php/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_every_action_and_changes_nothing_on_baikal() {
+    let name = "gc::dry_run_reports_every_action_and_changes_nothing_on_baikal";
+    if crate::harness::upstream::usable(Kind::Baikal, name) {
+        dry_run(Kind::Baikal).await;
+    }
 }
 
 /// `--older-than` overrides `gc.retention`: a tombstone younger than it is kept.

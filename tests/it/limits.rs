@@ -4,6 +4,10 @@
 //! `attachments.max_concurrent_uploads` get 503 with `Retry-After`; a request head
 //! larger than `server.max_header_bytes` or with more than `server.max_headers` fields
 //! gets hyper's `431 Request Header Fields Too Large`.
+//!
+//! These run on Radicale only: every limit here is enforced by calattach before the
+//! upstream is asked anything (the stalled body, the upload slots, the request head),
+//! so which CalDAV server stands behind it cannot change the outcome.
 
 use crate::attach::USER;
 use crate::harness::raw::{blocking_request, read_head};

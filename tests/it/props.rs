@@ -5,7 +5,7 @@
 
 use crate::harness::compare::{assert_transparent, Mapping};
 use crate::harness::{unique, Calattach, Client, Kind, Reply, Storage, Upstream};
-use crate::transparency::{event, on_both};
+use crate::transparency::{event, on_each};
 use futures_util::stream::{self, StreamExt};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
@@ -439,9 +439,7 @@ async fn home_depth0(kind: Kind) {
     assert_eq!(ours_in_200(rs[0].1), server_url(), "{proxied:?}");
     assert_same_but_ours("home Depth 0", &direct, &proxied);
 }
-on_both!(home_depth0:
-    propfind_depth0_on_home_adds_empty_server_url_and_keeps_the_rest_on_radicale,
-    propfind_depth0_on_home_adds_empty_server_url_and_keeps_the_rest_on_xandikos);
+on_each!(home_depth0: propfind_depth0_on_home_adds_empty_server_url_and_keeps_the_rest);
 
 async fn calendar_depth1(kind: Kind) {
     let env = Env::new(kind);
@@ -461,9 +459,7 @@ async fn calendar_depth1(kind: Kind) {
     }
     assert_same_but_ours("calendar Depth 1", &direct, &proxied);
 }
-on_both!(calendar_depth1:
-    propfind_depth1_on_calendar_adds_limits_to_the_calendar_only_on_radicale,
-    propfind_depth1_on_calendar_adds_limits_to_the_calendar_only_on_xandikos);
+on_each!(calendar_depth1: propfind_depth1_on_calendar_adds_limits_to_the_calendar_only);
 
 async fn allprop(kind: Kind) {
     let env = Env::new(kind);
@@ -481,9 +477,7 @@ async fn allprop(kind: Kind) {
         assert_same_as_direct(&env, &format!("allprop {path}"), &direct, &proxied);
     }
 }
-on_both!(allprop:
-    allprop_returns_none_of_the_properties_on_radicale,
-    allprop_returns_none_of_the_properties_on_xandikos);
+on_each!(allprop: allprop_returns_none_of_the_properties);
 
 async fn propname(kind: Kind) {
     let env = Env::new(kind);
@@ -491,7 +485,7 @@ async fn propname(kind: Kind) {
     let home = env.up.home_path(HOME_READER);
     let mut cases = vec![(HOME_READER, &home, vec!["managed-attachments-server-URL"])];
     match kind {
-        Kind::Radicale => cases.push((
+        Kind::Radicale | Kind::Baikal => cases.push((
             WRITER,
             &cal,
             vec!["max-attachment-size", "max-attachments-per-resource"],
@@ -517,9 +511,7 @@ async fn propname(kind: Kind) {
         assert_same_but_ours(&format!("propname {path}"), &direct, &proxied);
     }
 }
-on_both!(propname:
-    propname_lists_the_properties_where_they_apply_on_radicale,
-    propname_lists_the_properties_where_they_apply_on_xandikos);
+on_each!(propname: propname_lists_the_properties_where_they_apply);
 
 async fn apple_home(kind: Kind) {
     let env = Env::new(kind);
@@ -543,9 +535,7 @@ async fn apple_home(kind: Kind) {
     assert_eq!(homes, 1, "{proxied:?}");
     assert_same_but_ours("Apple home poll", &direct, &proxied);
 }
-on_both!(apple_home:
-    apple_depth1_home_poll_gets_server_url_on_the_home_only_on_radicale,
-    apple_depth1_home_poll_gets_server_url_on_the_home_only_on_xandikos);
+on_each!(apple_home: apple_depth1_home_poll_gets_server_url_on_the_home_only);
 
 fn assert_same_as_direct(env: &Env, what: &str, direct: &Reply, proxied: &Reply) {
     assert_transparent(
@@ -574,9 +564,7 @@ async fn not_ours(kind: Kind) {
     let (direct, proxied) = env.propfind_both(WRITER, &cal, "1", &padded).await;
     assert_same_as_direct(&env, "PROPFIND larger than the bound", &direct, &proxied);
 }
-on_both!(not_ours:
-    propfind_not_naming_the_properties_is_byte_identical_to_direct_on_radicale,
-    propfind_not_naming_the_properties_is_byte_identical_to_direct_on_xandikos);
+on_each!(not_ours: propfind_not_naming_the_properties_is_byte_identical_to_direct);
 
 async fn missing(kind: Kind) {
     let env = Env::new(kind);
@@ -590,9 +578,7 @@ async fn missing(kind: Kind) {
     assert_eq!(proxied.status, direct.status, "{proxied:?}");
     assert_eq!(proxied.body, direct.body, "{direct:?}\n{proxied:?}");
 }
-on_both!(missing:
-    propfind_naming_the_properties_on_a_missing_resource_gets_the_upstream_answer_on_radicale,
-    propfind_naming_the_properties_on_a_missing_resource_gets_the_upstream_answer_on_xandikos);
+on_each!(missing: propfind_naming_the_properties_on_a_missing_resource_gets_the_upstream_answer);
 
 // === protected ===
 
@@ -658,9 +644,7 @@ async fn proppatch(kind: Kind) {
         "displayname was changed: {after:?}"
     );
 }
-on_both!(proppatch:
-    proppatch_of_max_attachment_size_is_refused_as_protected_and_value_unchanged_on_radicale,
-    proppatch_of_max_attachment_size_is_refused_as_protected_and_value_unchanged_on_xandikos);
+on_each!(proppatch: proppatch_of_max_attachment_size_is_refused_as_protected_and_value_unchanged);
 
 /// The upstream decides about the caller before calattach decides about the property:
 /// an anonymous PROPPATCH naming a protected property hears the upstream's 401 with its
@@ -690,9 +674,7 @@ async fn proppatch_anonymous(kind: Kind) {
         "{proxied:?}"
     );
 }
-on_both!(proppatch_anonymous:
-    anonymous_proppatch_of_a_protected_property_gets_the_upstream_401_on_radicale,
-    anonymous_proppatch_of_a_protected_property_gets_the_upstream_401_on_xandikos);
+on_each!(proppatch_anonymous: anonymous_proppatch_of_a_protected_property_gets_the_upstream_401);
 
 async fn proppatch_not_ours(kind: Kind) {
     let env = crate::transparency::Env::new(kind);
@@ -713,9 +695,7 @@ async fn proppatch_not_ours(kind: Kind) {
         .await;
     assert_eq!(reply.status, 207, "{reply:?}");
 }
-on_both!(proppatch_not_ours:
-    proppatch_not_naming_the_properties_is_forwarded_untouched_on_radicale,
-    proppatch_not_naming_the_properties_is_forwarded_untouched_on_xandikos);
+on_each!(proppatch_not_ours: proppatch_not_naming_the_properties_is_forwarded_untouched);
 
 const MKCALENDAR_WITH_SIZE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">
@@ -749,9 +729,7 @@ async fn mkcalendar(kind: Kind) {
         .await;
     assert_eq!(reply.status, 201, "{reply:?}");
 }
-on_both!(mkcalendar:
-    mkcalendar_setting_max_attachment_size_is_refused_and_nothing_created_on_radicale,
-    mkcalendar_setting_max_attachment_size_is_refused_and_nothing_created_on_xandikos);
+on_each!(mkcalendar: mkcalendar_setting_max_attachment_size_is_refused_and_nothing_created);
 
 // === scale ===
 

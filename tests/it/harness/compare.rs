@@ -10,7 +10,11 @@
 //! `Content-Length` on a `204` (RFC 9110 §8.6: a server must not send one,
 //! and hyper drops it); and on OPTIONS one added `DAV:` line with `calendar-managed-attachments`
 //! (RFC 8607 §3.1). The HTTP version is not compared (Radicale answers
-//! HTTP/1.0, calattach HTTP/1.1).
+//! HTTP/1.0, calattach HTTP/1.1). Baïkal (PHP) starts a new session on every
+//! request without a session cookie, so the value of its `PHPSESSID` cookie in
+//! `Set-Cookie` differs between any two answers: the value is masked, the rest of
+//! the header (name, attributes, presence) is compared. That the cookie passes
+//! through untouched is a test of its own (`transparency::php_session_cookie_*`).
 
 use super::http::Reply;
 
@@ -146,6 +150,9 @@ fn normalise(
             continue;
         }
         let mut value = value.as_bytes().to_vec();
+        if name == "set-cookie" {
+            value = mask_php_session(&value);
+        }
         if side == Side::Direct {
             value = substitute(&value, map.substitutions);
             if name == "location" || name == "content-location" {
@@ -192,6 +199,18 @@ fn normalise(
     // Order matters only among values of one name (RFC 9110 §5.3).
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// `PHPSESSID=<id>; path=/` → `PHPSESSID=<session>; path=/`.
+fn mask_php_session(value: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(value);
+    match text.strip_prefix("PHPSESSID=") {
+        Some(rest) => {
+            let tail = rest.find(';').map_or("", |i| &rest[i..]);
+            format!("PHPSESSID=<session>{tail}").into_bytes()
+        }
+        None => value.to_vec(),
+    }
 }
 
 pub fn substitute(bytes: &[u8], substitutions: &[(String, String)]) -> Vec<u8> {

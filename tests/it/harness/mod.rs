@@ -1,8 +1,10 @@
 //! Test harness: real processes on free 127.0.0.1 ports with throw-away state.
 //!
-//! - [`Upstream`]: Radicale and Xandikos, one of each per test binary, with
-//!   users `user1`..`user3`; tests stay independent by creating their own
-//!   calendars ([`Upstream::new_calendar`]).
+//! - [`Upstream`]: Radicale, Xandikos and Baïkal, one of each per test
+//!   binary, with users `user1`..`user3`; tests stay independent by creating
+//!   their own calendars ([`Upstream::new_calendar`]). Baïkal needs PHP and
+//!   `../shared/upstreams/baikal`; where they are missing its tests say they
+//!   were skipped ([`upstream::usable`]), unless `BAIKAL_REQUIRED=1`.
 //! - [`Moto`]: an S3 server (moto) for `s3://` storage, one per test binary,
 //!   a fresh bucket per calattach instance.
 //! - [`Calattach`]: the real binary (`CARGO_BIN_EXE_calattach`) with a
