@@ -25,7 +25,13 @@
 //!   `PUT` itself is every included member's answer.
 //! * **Conflicts.** `412` (changed meanwhile, also by another calattach instance) and
 //!   `423` (locked) were not applied: re-read, re-apply, retry with jittered exponential
-//!   backoff until `attachments.commit_deadline`, then `409`.
+//!   backoff until `attachments.commit_deadline`, then `409`. A `5xx` is read back: a
+//!   change that is there was applied, one that is not is retried the same way.
+//! * **Read-back.** Every `2xx` commit is read back: an upstream whose conditional `PUT`
+//!   is not atomic (sabre/dav) may have let another process's write of the same version
+//!   overwrite it. A change missing from the object is re-applied like after a `412`;
+//!   the read also gives the validators an upstream omits when it changed the data.
+//!   An overwrite that lands after the read-back cannot be seen (docs/deployment.md).
 //! * **What remains.** As for a single commit (`post` module docs): a definite failure
 //!   lets each member delete its blob; an ambiguous one (the `PUT` went out, no answer)
 //!   keeps every member's blob `pending` for the next touch or `gc`. A leader whose
@@ -388,64 +394,83 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
             }
         };
         let status = resp.status();
-        if status.is_success() {
-            let validators = super::validators(resp.headers());
-            super::drain(resp).await;
-            let committed = Committed {
-                validators,
-                cal: current,
-            };
-            slot.commits.fetch_add(1, Ordering::AcqRel);
-            let changes = own.iter().filter(|e| e.is_none()).count() as u64;
-            crate::metrics::get().changes_committed(changes);
-            tracing::debug!(%path, changes, "batch committed");
-            break settle(own, Ok(committed)).await;
-        }
-        // 412: the object changed since it was read. 423: the upstream holds a lock
-        // (Xandikos locks a collection while it writes). Not applied either way, so
-        // re-reading and re-applying is safe. 5xx: unknown (Xandikos answers 500 when
-        // two writes collide in its repository): the object is read back at once and
-        // tells — a change that is there was applied, one that is not can be re-applied
-        // (the PUT was conditional, so a second one cannot apply twice).
-        let retryable = status == StatusCode::PRECONDITION_FAILED || status == StatusCode::LOCKED;
-        if !retryable && !status.is_server_error() {
-            tracing::info!(%path, status = status.as_u16(), "upstream refused the commit");
-            let answer = Box::new(Answer::of(state.upstream.relay_response(resp)).await);
-            let f = Failure {
-                definite: true,
-                answer,
-            };
-            break settle(own, Err(f)).await;
-        }
         let mut reread = None;
         let mut last_error: Option<Answer> = None;
-        if status.is_server_error() {
-            let refusal = Answer::of(state.upstream.relay_response(resp)).await;
-            match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
-                Ok(Fetched::Object(o)) => {
-                    if let Some(cal) = applied(&members, &own, &o) {
-                        slot.commits.fetch_add(1, Ordering::AcqRel);
-                        tracing::info!(%path, status = status.as_u16(), "commit answered with an error but applied");
-                        let committed = Committed {
-                            validators: o.validators.clone(),
-                            cal: Arc::new(cal),
-                        };
-                        break settle(own, Ok(committed)).await;
-                    }
+        if status.is_success() {
+            let mut validators = super::validators(resp.headers());
+            super::drain(resp).await;
+            // Read back. An upstream whose conditional PUT is not atomic (sabre/dav
+            // under concurrent PHP workers checks If-Match, then writes) can let another
+            // writer of the same version overwrite this one, and both hear 2xx. A change
+            // that is not there was lost: it is re-applied like after a 412. The read
+            // also gives the validators an upstream omits when it changed the data.
+            let back = fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await;
+            match back {
+                Ok(Fetched::Object(o)) if applied(&members, &own, &o).is_none() => {
+                    tracing::warn!(%path, "committed change missing on read-back (overwritten by a concurrent writer); re-applying");
                     reread = Some(o);
-                    last_error = Some(refusal);
                 }
-                // Cannot tell: the members stay pending, with the upstream's answer.
-                _ => {
-                    let f = Failure {
-                        definite: false,
-                        answer: Box::new(refusal),
+                other => {
+                    if let (Ok(Fetched::Object(o)), None) = (&other, &validators.etag) {
+                        validators = o.validators.clone();
+                    }
+                    let committed = Committed {
+                        validators,
+                        cal: current,
                     };
-                    break settle(own, Err(f)).await;
+                    slot.commits.fetch_add(1, Ordering::AcqRel);
+                    let changes = own.iter().filter(|e| e.is_none()).count() as u64;
+                    crate::metrics::get().changes_committed(changes);
+                    tracing::debug!(%path, changes, "batch committed");
+                    break settle(own, Ok(committed)).await;
                 }
             }
         } else {
-            super::drain(resp).await;
+            // 412: the object changed since it was read. 423: the upstream holds a lock
+            // (Xandikos locks a collection while it writes). Not applied either way, so
+            // re-reading and re-applying is safe. 5xx: unknown (Xandikos answers 500
+            // when two writes collide in its repository): the object is read back at
+            // once and tells — a change that is there was applied, one that is not can
+            // be re-applied (the PUT was conditional, so a second one cannot apply twice).
+            let retryable =
+                status == StatusCode::PRECONDITION_FAILED || status == StatusCode::LOCKED;
+            if !retryable && !status.is_server_error() {
+                tracing::info!(%path, status = status.as_u16(), "upstream refused the commit");
+                let answer = Box::new(Answer::of(state.upstream.relay_response(resp)).await);
+                let f = Failure {
+                    definite: true,
+                    answer,
+                };
+                break settle(own, Err(f)).await;
+            }
+            if status.is_server_error() {
+                let refusal = Answer::of(state.upstream.relay_response(resp)).await;
+                match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
+                    Ok(Fetched::Object(o)) => {
+                        if let Some(cal) = applied(&members, &own, &o) {
+                            slot.commits.fetch_add(1, Ordering::AcqRel);
+                            tracing::info!(%path, status = status.as_u16(), "commit answered with an error but applied");
+                            let committed = Committed {
+                                validators: o.validators.clone(),
+                                cal: Arc::new(cal),
+                            };
+                            break settle(own, Ok(committed)).await;
+                        }
+                        reread = Some(o);
+                        last_error = Some(refusal);
+                    }
+                    // Cannot tell: the members stay pending, with the upstream's answer.
+                    _ => {
+                        let f = Failure {
+                            definite: false,
+                            answer: Box::new(refusal),
+                        };
+                        break settle(own, Err(f)).await;
+                    }
+                }
+            } else {
+                super::drain(resp).await;
+            }
         }
         attempt += 1;
         crate::metrics::get().commit_retry();

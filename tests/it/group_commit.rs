@@ -247,11 +247,14 @@ async fn a_batch_member_over_the_per_resource_limit_fails_alone(env: &Env) {
 /// the upstream's ETags (412), are re-read and re-applied, and every add lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_sharing_upstream_and_store_land_all_fifty_adds() {
+    // Not on Baïkal: sabre/dav checks `If-Match` and then writes, without a lock between,
+    // so two processes' conditional PUTs of one version can both succeed and the later
+    // overwrite the earlier. calattach reads every commit back and re-applies a change it
+    // finds missing, which catches most such overwrites but not one that lands after the
+    // read-back; docs/deployment.md tells operators to keep one instance per Baïkal
+    // calendar. Radicale and Xandikos serialise their writes.
     use crate::harness::Kind;
-    for kind in [Kind::Radicale, Kind::Xandikos, Kind::Baikal] {
-        if !crate::harness::upstream::usable(kind, "two_instances_sharing_upstream_and_store") {
-            continue;
-        }
+    for kind in [Kind::Radicale, Kind::Xandikos] {
         let env = Env::start(kind, crate::attach::Backend::Local, ROOMY).await;
         let store = format!("file://{}", env.proxy.dir().join("data").display());
         let second = Calattach::start(

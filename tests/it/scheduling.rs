@@ -3,10 +3,11 @@
 //! what Radicale and Xandikos cannot show (they do no scheduling, so there an
 //! attendee's copy is written by the attendee; `access.rs` covers that).
 //!
-//! user1 organises, user2 is invited, user3 is neither. Addresses are Baïkal's own
+//! user1 organises, user4 is invited (a user no other test makes calendars for: see
+//! `harness::upstream::USERS`), user3 is neither. Addresses are Baïkal's own
 //! (`mailto:userN@example.org`). The organizer's event is created directly upstream;
 //! every attachment change goes through calattach, and its commit PUT is what sabre's
-//! scheduling sends on to user2's calendar and inbox.
+//! scheduling sends on to user4's calendar and inbox.
 
 use crate::harness::upstream::{password, usable};
 use crate::harness::{unique, Calattach, Client, Kind, Reply, Storage, Upstream};
@@ -101,18 +102,18 @@ impl World {
         (path, uid)
     }
 
-    /// user2's copy of the event (exactly one), in whichever of their calendars
+    /// user4's copy of the event (exactly one), in whichever of their calendars
     /// sabre/dav delivered it to.
     async fn attendee_copy(&self, uid: &str) -> (String, String) {
-        let mut found = self.up.objects_with_uid("user2", uid).await;
-        assert_eq!(found.len(), 1, "user2's copies of {uid}: {found:?}");
+        let mut found = self.up.objects_with_uid("user4", uid).await;
+        assert_eq!(found.len(), 1, "user4's copies of {uid}: {found:?}");
         found.remove(0)
     }
 
-    /// The newest scheduling message for `uid` in user2's inbox.
+    /// The newest scheduling message for `uid` in user4's inbox.
     async fn inbox_item(&self, uid: &str) -> String {
-        let inbox = self.up.inbox_path("user2").expect("Baïkal has an inbox");
-        let found = self.up.objects_with_uid_in("user2", &inbox, uid).await;
+        let inbox = self.up.inbox_path("user4").expect("Baïkal has an inbox");
+        let found = self.up.objects_with_uid_in("user4", &inbox, uid).await;
         assert!(!found.is_empty(), "no inbox item for {uid}");
         found.last().map(|(_, b)| b.clone()).unwrap_or_default()
     }
@@ -134,7 +135,7 @@ macro_rules! on_baikal {
 async fn organizer_add_reaches_the_attendee_copy_and_inbox_and_the_attendee_downloads_it() {
     on_baikal!(organizer_add_reaches_the_attendee_copy_and_inbox_and_the_attendee_downloads_it);
     let w = World::new();
-    let (path, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let (path, uid) = w.organizer_event(&["user1", "user4"]).await;
     let r = w
         .post("user1", &path, "action=attachment-add", "the agenda")
         .await;
@@ -147,10 +148,10 @@ async fn organizer_add_reaches_the_attendee_copy_and_inbox_and_the_attendee_down
 
     let (_, copy) = w.attendee_copy(&uid).await;
     let lines = attach_lines(&copy);
-    assert_eq!(lines.len(), 1, "user2's copy:\n{copy}");
+    assert_eq!(lines.len(), 1, "user4's copy:\n{copy}");
     assert!(
         lines[0].contains(&format!("MANAGED-ID={id}")) && lines[0].ends_with(&format!(":{url}")),
-        "user2's copy: {lines:?}"
+        "user4's copy: {lines:?}"
     );
     let inbox = w.inbox_item(&uid).await;
     assert!(
@@ -158,7 +159,7 @@ async fn organizer_add_reaches_the_attendee_copy_and_inbox_and_the_attendee_down
         "inbox item without the ATTACH:\n{inbox}"
     );
 
-    let r = w.send("user2", "GET", &url, &[], "").await;
+    let r = w.send("user4", "GET", &url, &[], "").await;
     assert_eq!(
         r.status,
         200,
@@ -182,7 +183,7 @@ async fn add_on_a_scheduled_event_answers_the_etag_sabre_stored_though_its_put_s
     let path = format!("{cal}{uid}.ics");
     // The premise: sabre answers a PUT it rewrote without an ETag.
     let etag =
-        w.up.put_event("user1", &path, &event(&uid, &["user1", "user2"]))
+        w.up.put_event("user1", &path, &event(&uid, &["user1", "user4"]))
             .await;
     assert_eq!(etag, None, "sabre/dav sent an ETag for a PUT it changed");
     let r = w.post("user1", &path, "action=attachment-add", "x").await;
@@ -218,7 +219,7 @@ async fn add_on_a_scheduled_event_answers_the_etag_sabre_stored_though_its_put_s
 async fn attendee_add_update_remove_on_the_delivered_copy_are_refused_403() {
     on_baikal!(attendee_add_update_remove_on_the_delivered_copy_are_refused_403);
     let w = World::new();
-    let (path, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let (path, uid) = w.organizer_event(&["user1", "user4"]).await;
     let r = w
         .post("user1", &path, "action=attachment-add", "agenda")
         .await;
@@ -236,7 +237,7 @@ async fn attendee_add_update_remove_on_the_delivered_copy_are_refused_403() {
             "valid-attachment-remove",
         ),
     ] {
-        let r = w.post("user2", &copy_path, &query, "mine").await;
+        let r = w.post("user4", &copy_path, &query, "mine").await;
         assert_eq!(r.status, 403, "{query}: {r:?}");
         assert!(r.text().contains(element), "{query}: {r:?}");
     }
@@ -250,7 +251,7 @@ async fn attendee_add_update_remove_on_the_delivered_copy_are_refused_403() {
 async fn organizer_update_and_remove_reach_the_attendee_copy() {
     on_baikal!(organizer_update_and_remove_reach_the_attendee_copy);
     let w = World::new();
-    let (path, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let (path, uid) = w.organizer_event(&["user1", "user4"]).await;
     let r = w
         .post("user1", &path, "action=attachment-add", "draft")
         .await;
@@ -276,9 +277,9 @@ async fn organizer_update_and_remove_reach_the_attendee_copy() {
     let lines = attach_lines(&copy);
     assert!(
         lines.len() == 1 && lines[0].contains(&new),
-        "user2's copy after the update: {lines:?}"
+        "user4's copy after the update: {lines:?}"
     );
-    let r = w.send("user2", "GET", &url, &[], "").await;
+    let r = w.send("user4", "GET", &url, &[], "").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body.as_ref(), b"final");
 
@@ -293,29 +294,29 @@ async fn organizer_update_and_remove_reach_the_attendee_copy() {
     assert!(r.status.is_success(), "remove: {r:?}");
     let (_, copy) = w.attendee_copy(&uid).await;
     assert_eq!(attach_lines(&copy), Vec::<String>::new(), "{copy}");
-    let r = w.send("user2", "GET", &url, &[], "").await;
+    let r = w.send("user4", "GET", &url, &[], "").await;
     assert_eq!(r.status, 410, "download of the removed attachment: {r:?}");
 }
 
-/// RFC 8607 §3.12: when the organizer uninvites user2 (a PUT of the event without
-/// them, through calattach; sabre sends user2 a CANCEL), user2 loses download access.
+/// RFC 8607 §3.12: when the organizer uninvites user4 (a PUT of the event without
+/// them, through calattach; sabre sends user4 a CANCEL), user4 loses download access.
 #[tokio::test]
 async fn uninvited_attendee_loses_download_access() {
     on_baikal!(uninvited_attendee_loses_download_access);
     let w = World::new();
-    let (path, uid) = w.organizer_event(&["user1", "user2"]).await;
+    let (path, uid) = w.organizer_event(&["user1", "user4"]).await;
     let r = w
         .post("user1", &path, "action=attachment-add", "agenda")
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let url = r.header("location").unwrap().to_string();
-    assert_eq!(w.send("user2", "GET", &url, &[], "").await.status, 200);
+    assert_eq!(w.send("user4", "GET", &url, &[], "").await.status, 200);
 
     let current = w.send("user1", "GET", &path, &[], "").await.text();
     let without: String = current
         .replace("\r\n ", "")
         .lines()
-        .filter(|l| !l.contains("user2@"))
+        .filter(|l| !l.contains("user4@"))
         .map(|l| format!("{l}\r\n"))
         .collect();
     let r = w
@@ -331,9 +332,9 @@ async fn uninvited_attendee_loses_download_access() {
     let (_, copy) = w.attendee_copy(&uid).await;
     assert!(
         copy.contains("STATUS:CANCELLED"),
-        "no CANCEL reached user2:\n{copy}"
+        "no CANCEL reached user4:\n{copy}"
     );
-    let r = w.send("user2", "GET", &url, &[], "").await;
+    let r = w.send("user4", "GET", &url, &[], "").await;
     assert_eq!(r.status, 403, "uninvited attendee still downloads: {r:?}");
     assert_eq!(w.send("user1", "GET", &url, &[], "").await.status, 200);
 }

@@ -268,7 +268,8 @@ async fn thirty_two_concurrent_local_uploads_keep_peak_rss_under_96_mib() {
     let env = Env::start(
         Kind::Radicale,
         Backend::Local,
-        "[attachments]\nmax_attachment_size = \"16MiB\"\n",
+        // One user makes all 32 uploads: its share of the upload slots is all of them.
+        "[attachments]\nmax_attachment_size = \"16MiB\"\nmax_concurrent_uploads_per_user = 64\n",
     )
     .await;
     let mut tasks = Vec::new();

@@ -139,7 +139,11 @@ fn normalise(
     let mut dav_extra = 0;
     for (name, value) in &reply.headers {
         let name = name.as_str().to_string();
+        // `Date` is the moment of the answer; `Last-Modified` the moment its object was
+        // written, and the two sides always compare two objects written one after the
+        // other (Baïkal sends it, to the second).
         if name == "date"
+            || name == "last-modified"
             || name == "alt-svc"
             || HOP_BY_HOP.contains(&name.as_str())
             || named_by_connection.contains(&name)
