@@ -406,7 +406,7 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
             // also gives the validators an upstream omits when it changed the data.
             let back = fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await;
             match back {
-                Ok(Fetched::Object(o)) if applied(&members, &own, &o).is_none() => {
+                Ok(Fetched::Object(o)) if applied(&members, &own, &current, &o).is_none() => {
                     tracing::warn!(%path, "committed change missing on read-back (overwritten by a concurrent writer); re-applying");
                     reread = Some(o);
                 }
@@ -447,7 +447,7 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
                 let refusal = Answer::of(state.upstream.relay_response(resp)).await;
                 match fetch_object(&state.upstream, &lead.caller, path, cfg.max_object_size).await {
                     Ok(Fetched::Object(o)) => {
-                        if let Some(cal) = applied(&members, &own, &o) {
+                        if let Some(cal) = applied(&members, &own, &current, &o) {
                             slot.commits.fetch_add(1, Ordering::AcqRel);
                             tracing::info!(%path, status = status.as_u16(), "commit answered with an error but applied");
                             let committed = Committed {
@@ -514,12 +514,18 @@ fn answer(members: Vec<Member>, results: Vec<Outcome>) {
     }
 }
 
-/// Whether the object read back after an unclear answer holds the batch's changes: a new
-/// id of an add or update is there (ids are random: only this PUT can have written
-/// it), or — for a batch of removes only — every removed id is gone.
-fn applied(members: &[Member], own: &[Option<Error>], object: &Object) -> Option<Calendar> {
-    let cal = Calendar::parse(&object.bytes).ok()?;
-    let ids = cal.distinct_managed_ids();
+/// Whether the object read back holds the batch's changes (`current` is what the batch
+/// wrote): a new id of an add or update is there (ids are random: only this batch can
+/// have written it), or — for a batch of removes only — each removed id is held by the
+/// same components (master, overrides) as in what the batch wrote.
+fn applied(
+    members: &[Member],
+    own: &[Option<Error>],
+    current: &Calendar,
+    object: &Object,
+) -> Option<Calendar> {
+    let back = Calendar::parse(&object.bytes).ok()?;
+    let ids = back.distinct_managed_ids();
     let included = members
         .iter()
         .zip(own)
@@ -529,14 +535,21 @@ fn applied(members: &[Member], own: &[Option<Error>], object: &Object) -> Option
         .clone()
         .filter_map(|m| m.change.attach.as_ref())
         .peekable();
+    let holders = |cal: &Calendar, id: &str| -> std::collections::BTreeSet<Option<String>> {
+        cal.managed_ids()
+            .into_iter()
+            .filter(|c| c.managed_ids.iter().any(|m| m == id))
+            .map(|c| c.rid)
+            .collect()
+    };
     let done = if new_ids.peek().is_some() {
         new_ids.all(|a| ids.contains(&a.managed_id))
     } else {
         included
-            .filter_map(|m| m.change.query.managed_id.as_ref())
-            .all(|id| !ids.contains(id))
+            .filter_map(|m| m.change.query.managed_id.as_deref())
+            .all(|id| holders(&back, id) == holders(current, id))
     };
-    done.then_some(cal)
+    done.then_some(back)
 }
 
 /// The batch outcome for the members whose change applied; their own failure for the
