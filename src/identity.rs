@@ -33,9 +33,9 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use sha2::{Digest, Sha256};
 
-use crate::attach::Caller;
 use crate::body::Body;
 use crate::error::Error;
+use crate::proxy::caller::Caller;
 use crate::proxy::Upstream;
 
 const DAV: &[u8] = b"DAV:";
@@ -261,8 +261,16 @@ impl IdentityCache {
 /// redirects it to its DAV root (Radicale and Xandikos `/`, Baïkal `/dav.php`).
 pub const WELL_KNOWN: &str = "/.well-known/caldav";
 
+/// The collection `path` is in: `/a/b/` for `/a/b/c.ics`, `/a/` for `/a/b/`.
+pub fn parent_of(path: &str) -> &str {
+    match path.trim_end_matches('/').rfind('/') {
+        Some(i) => &path[..=i],
+        None => "/",
+    }
+}
+
 /// `/a/b/c.ics` → `/a/b/`; a collection (`/a/b/`) is its own.
-fn parent_collection(path: &str) -> &str {
+pub fn parent_collection(path: &str) -> &str {
     if path.ends_with('/') {
         return path;
     }
@@ -396,7 +404,7 @@ async fn propfind(
         return Ok(Answer::Refused(upstream.relay_response(resp)));
     }
     if status != StatusCode::MULTI_STATUS {
-        crate::attach::drain(resp).await;
+        crate::proxy::caller::drain(resp).await;
         return Ok(Answer::Other(status));
     }
     let xml = resp
@@ -412,7 +420,7 @@ async fn propfind(
         })
         .is_none_or(|m| m == "application/xml" || m == "text/xml" || m.ends_with("+xml"));
     if !xml {
-        crate::attach::drain(resp).await;
+        crate::proxy::caller::drain(resp).await;
         return Err(unusable(path, status, ": not an XML body"));
     }
     let bytes = match Limited::new(resp.into_body(), MAX_RESPONSE).collect().await {
@@ -577,7 +585,7 @@ async fn send_propfind(
     let Some(target) = target else {
         return Ok(resp);
     };
-    crate::attach::drain(resp).await;
+    crate::proxy::caller::drain(resp).await;
     caller.propfind(upstream, &target, depth, xml).await
 }
 

@@ -26,7 +26,7 @@ use super::Caller;
 use crate::body::{self, Body};
 use crate::error::{Error, Precondition};
 use crate::ical::Calendar;
-use crate::identity::{normalize_address, Identity, Resolved};
+use crate::identity::{normalize_address, parent_collection, Identity, Resolved};
 use crate::server::State;
 use crate::store::{AttachmentId, Audience, Meta};
 
@@ -84,14 +84,6 @@ pub async fn owner_addresses(
             Ok(owner.addresses)
         }
         None => Ok(identity.map(|i| i.addresses.clone()).unwrap_or_default()),
-    }
-}
-
-/// `/a/b/c.ics` → `/a/b/`.
-pub fn parent_collection(path: &str) -> &str {
-    match path.trim_end_matches('/').rfind('/') {
-        Some(i) => &path[..=i],
-        None => "/",
     }
 }
 

@@ -6,12 +6,7 @@
 
 use http::HeaderMap;
 
-/// The object's validators as the upstream reported them.
-#[derive(Debug, Clone, Default)]
-pub struct Validators {
-    pub etag: Option<String>,
-    pub schedule_tag: Option<String>,
-}
+pub use crate::proxy::caller::Validators;
 
 /// Whether the request carries any precondition; a conditional POST is never retried
 /// over a version the client did not see.

@@ -172,7 +172,7 @@ async fn challenge(state: &State, meta: Option<&Meta>) -> Result<Response<Body>,
 /// `/.well-known/caldav`, whose redirect to the server's DAV root is followed.
 pub fn dav_resource(meta: Option<&Meta>) -> String {
     match meta {
-        Some(m) => super::access::parent_collection(&m.href).to_owned(),
+        Some(m) => crate::identity::parent_collection(&m.href).to_owned(),
         None => WELL_KNOWN.to_owned(),
     }
 }

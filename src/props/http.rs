@@ -144,7 +144,7 @@ pub async fn handle(
         _ => match request::parse_mkcol_set(&prefix.data, truncated) {
             Ok(set) if !set.our_props().is_empty() => {
                 // The collection does not exist yet: ask about its parent.
-                let parent = crate::attach::access::parent_collection(parts.uri.path());
+                let parent = crate::identity::parent_of(parts.uri.path());
                 if let Some(refusal) = upstream_refusal(state, &parts, parent).await? {
                     return Ok(refusal);
                 }
@@ -167,7 +167,7 @@ async fn upstream_refusal(
 ) -> Result<Option<Response<Body>>, Error> {
     const BODY: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
         <D:propfind xmlns:D=\"DAV:\"><D:prop><D:resourcetype/></D:prop></D:propfind>";
-    let caller = crate::attach::Caller::from_headers(&parts.headers)?;
+    let caller = Caller::from_headers(&parts.headers)?;
     let depth = Some(HeaderValue::from_static("0"));
     let resp = caller
         .propfind(
@@ -178,7 +178,7 @@ async fn upstream_refusal(
         )
         .await?;
     if resp.status() == StatusCode::MULTI_STATUS {
-        crate::attach::drain(resp).await;
+        crate::proxy::caller::drain(resp).await;
         return Ok(None);
     }
     Ok(Some(state.upstream.relay_response(resp)))

@@ -1,7 +1,8 @@
 //! The transparent forwarding path (DESIGN §3) and the upstream client every other
 //! route uses for its internal requests.
 
-pub mod hop_by_hop;
+pub mod caller;
+mod hop_by_hop;
 pub mod origin;
 pub mod pool;
 
