@@ -29,6 +29,36 @@ pub fn map_to_public(value: &HeaderValue, upstream: &Url, public: &Url) -> Optio
     HeaderValue::from_str(&out).ok()
 }
 
+/// `<public_url><prefix>/`: what every attachment URI starts with.
+pub fn url_base(upstream: &super::Upstream, prefix: &str) -> String {
+    format!(
+        "{}{}/",
+        upstream.public_url().as_str().trim_end_matches('/'),
+        prefix
+    )
+}
+
+/// `<public_url><prefix>/<id>/<filename>`: the `ATTACH` value and `Location`. The last
+/// segment is only a readable name (some clients show it); the id alone identifies.
+pub fn attachment_url(
+    upstream: &super::Upstream,
+    prefix: &str,
+    id: &crate::store::AttachmentId,
+    filename: &str,
+) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    format!(
+        "{}{}/{}",
+        url_base(upstream, prefix),
+        id.as_str(),
+        percent_encoding::utf8_percent_encode(filename, SEGMENT)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,34 +89,4 @@ mod tests {
         assert_eq!(map("https://127.0.0.1:5232/user1/"), None);
         assert_eq!(map("http://example.com/"), None);
     }
-}
-
-/// `<public_url><prefix>/`: what every attachment URI starts with.
-pub fn url_base(upstream: &super::Upstream, prefix: &str) -> String {
-    format!(
-        "{}{}/",
-        upstream.public_url().as_str().trim_end_matches('/'),
-        prefix
-    )
-}
-
-/// `<public_url><prefix>/<id>/<filename>`: the `ATTACH` value and `Location`. The last
-/// segment is only a readable name (some clients show it); the id alone identifies.
-pub fn attachment_url(
-    upstream: &super::Upstream,
-    prefix: &str,
-    id: &crate::store::AttachmentId,
-    filename: &str,
-) -> String {
-    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    format!(
-        "{}{}/{}",
-        url_base(upstream, prefix),
-        id.as_str(),
-        percent_encoding::utf8_percent_encode(filename, SEGMENT)
-    )
 }
