@@ -140,7 +140,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitCode {
-    let state = match server::State::new(cfg) {
+    let state = match crate::state::State::new(cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("calattach: {e}");
@@ -174,7 +174,7 @@ async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitC
 /// Probes what `serve` depends on; prints one line per check. True when all pass.
 async fn check(cfg: &Config) -> bool {
     let mut ok = true;
-    let state = match server::State::new(cfg.clone()) {
+    let state = match crate::state::State::new(cfg.clone()) {
         Ok(s) => s,
         Err(e) => {
             println!("FAIL: {e}");
@@ -193,7 +193,7 @@ async fn check(cfg: &Config) -> bool {
 /// `/.well-known/caldav` redirects to. Then whether the DAV server offers Basic: an
 /// anonymous `PROPFIND` of its root must be challenged with Basic, since calattach
 /// replays the caller's credentials on its own requests and Digest cannot be replayed.
-async fn check_upstream(cfg: &Config, state: &server::State) -> bool {
+async fn check_upstream(cfg: &Config, state: &crate::state::State) -> bool {
     let url = &cfg.upstream.url;
     let headers = match server::probe_upstream(&state.upstream).await {
         Ok(h) => h,
@@ -279,7 +279,7 @@ async fn check_upstream(cfg: &Config, state: &server::State) -> bool {
 }
 
 /// Where `/.well-known/caldav` (RFC 6764) redirects to on the upstream, if anywhere.
-async fn dav_root(state: &server::State) -> Option<String> {
+async fn dav_root(state: &crate::state::State) -> Option<String> {
     let mut req = http::Request::new(crate::body::empty());
     *req.method_mut() = http::Method::from_bytes(b"PROPFIND").ok()?;
     req.headers_mut()
@@ -302,7 +302,7 @@ async fn dav_root(state: &server::State) -> Option<String> {
 /// `method path` upstream (depth 0), with the gc service credential when `login` and
 /// one is configured: the status and headers.
 async fn probe_path(
-    state: &server::State,
+    state: &crate::state::State,
     method: &str,
     path: &str,
     login: bool,
@@ -328,7 +328,7 @@ async fn probe_path(
 }
 
 /// `Basic` of the gc service credential, when configured.
-fn gc_authorization(state: &server::State) -> Option<http::HeaderValue> {
+fn gc_authorization(state: &crate::state::State) -> Option<http::HeaderValue> {
     use base64::Engine;
     let user = state.config.gc.username.as_ref()?;
     let pw = state.config.gc.password.as_deref().unwrap_or("");
@@ -341,7 +341,7 @@ fn gc_authorization(state: &server::State) -> Option<http::HeaderValue> {
 /// the gc service credential when one is configured (servers such as Radicale answer
 /// 401 to anyone else), must answer 404 (or 410); 401/403 cannot tell and only warn;
 /// anything else (a resource, a redirect, a server error) fails.
-async fn check_prefix(state: &server::State) -> bool {
+async fn check_prefix(state: &crate::state::State) -> bool {
     let prefix = &state.config.attachments.prefix;
     let probe = async {
         let mut req = http::Request::new(crate::body::empty());
@@ -412,7 +412,7 @@ async fn check_prefix(state: &server::State) -> bool {
 }
 
 /// Writes, reads back and deletes a probe object.
-async fn check_storage(state: &server::State) -> bool {
+async fn check_storage(state: &crate::state::State) -> bool {
     match state.store.probe().await {
         Ok(()) => {
             println!("storage {}: ok (write, read and delete)", state.store);

@@ -35,7 +35,7 @@ use http::HeaderMap;
 
 use crate::attach::{self, Caller, Fetched};
 use crate::ical::Calendar;
-use crate::server::State;
+use crate::state::State;
 use crate::store::{AttachmentId, Leftover, State as AttState};
 
 /// What one gc pass did (or would do, in a dry run).

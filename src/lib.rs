@@ -20,5 +20,7 @@ pub mod props;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod slots;
+pub mod state;
 pub mod store;
 pub mod web;

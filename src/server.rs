@@ -22,64 +22,10 @@ use crate::attach;
 use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::identity::IdentityCache;
 use crate::options;
 use crate::proxy::Upstream;
 use crate::router::{self, Route};
-use crate::store::Store;
-
-/// Everything a request handler needs; shared by all connections.
-pub struct State {
-    pub config: Config,
-    pub upstream: Upstream,
-    pub store: Store,
-    pub identity: Arc<IdentityCache>,
-    /// One slot per attachment upload in progress (`attachments.max_concurrent_uploads`,
-    /// shared out per user).
-    pub uploads: Arc<attach::slots::UploadSlots>,
-    /// The per-object attachment commit queues of this process (`attach::commit`).
-    pub commits: Arc<crate::attach::commit::Commits>,
-}
-
-impl State {
-    pub fn new(config: Config) -> Result<State, Error> {
-        let upstream = Upstream::new(&config.upstream, &config.server)?;
-        let store = Store::from_url(&config.storage.url, &config.storage.options).map_err(|e| {
-            Error::Config(format!(
-                "storage.url = {:?}: {e}",
-                config.storage.url.as_str()
-            ))
-        })?;
-        let store =
-            store.with_upload_buffer(config.storage.part_size, config.storage.upload_buffer);
-        let identity = Arc::new(IdentityCache::new(config.identity.clone()));
-        let uploads = Arc::new(attach::slots::UploadSlots::new(
-            config.attachments.max_concurrent_uploads,
-            config.attachments.max_concurrent_uploads_per_user,
-        ));
-        Ok(State {
-            config,
-            upstream,
-            store,
-            identity,
-            uploads,
-            commits: Arc::default(),
-        })
-    }
-
-    /// The state one worker thread uses: everything shared, but its own upstream client,
-    /// so the pooled upstream connections of a request live on the request's thread.
-    pub fn for_worker(&self) -> Result<State, Error> {
-        Ok(State {
-            config: self.config.clone(),
-            upstream: Upstream::new(&self.config.upstream, &self.config.server)?,
-            store: self.store.clone(),
-            identity: self.identity.clone(),
-            uploads: self.uploads.clone(),
-            commits: self.commits.clone(),
-        })
-    }
-}
+use crate::state::State;
 
 /// Runs both listeners until SIGTERM/SIGINT, then drains in-flight requests for at most
 /// `server.shutdown_grace`.

@@ -27,7 +27,7 @@ use crate::body::{self, Body};
 use crate::error::{Error, Precondition};
 use crate::ical::Calendar;
 use crate::identity::{normalize_address, parent_collection, Identity, Resolved};
-use crate::server::State;
+use crate::state::State;
 use crate::store::{AttachmentId, Audience, Meta};
 
 use super::params::AttachAction;

@@ -55,7 +55,7 @@ use super::{fetch_object, Caller, Fetched, Object};
 use crate::body::{self, Body};
 use crate::error::Error;
 use crate::ical::{Calendar, NewAttach};
-use crate::server::State;
+use crate::state::State;
 
 /// Most changes one `PUT` carries.
 const MAX_BATCH: usize = 64;
@@ -164,14 +164,25 @@ pub struct Commits {
     slots: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
 }
 
+/// The commit queues of this process: one per calendar object, shared by every worker
+/// thread (keyed by the upstream's origin and the object's path).
+pub fn queues() -> &'static Commits {
+    static COMMITS: std::sync::OnceLock<Commits> = std::sync::OnceLock::new();
+    COMMITS.get_or_init(Commits::default)
+}
+
 impl Commits {
     /// Commits `change` to the object at `path`, with whatever other changes to it are
     /// waiting (module docs).
     pub async fn commit(&self, state: &State, path: &str, change: Change) -> Outcome {
         let key = batch_key(&change);
+        let object = format!(
+            "{}{path}",
+            state.config.upstream.url.as_str().trim_end_matches('/')
+        );
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(path.to_owned()).or_default().clone()
+            slots.entry(object.clone()).or_default().clone()
         };
         let (tx, mut rx) = oneshot::channel();
         let seen = slot.commits.load(std::sync::atomic::Ordering::Acquire);
@@ -200,7 +211,7 @@ impl Commits {
         // Forget the slot once nobody uses it (the map's reference and ours remain).
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if Arc::strong_count(&slot) == 2 && lock(&slot.queue).is_empty() {
-            slots.remove(path);
+            slots.remove(&object);
         }
         outcome
     }

@@ -22,7 +22,7 @@ use crate::config::DownloadMode;
 use crate::error::Error;
 use crate::ical::Calendar;
 use crate::identity::{ask_principal, WELL_KNOWN};
-use crate::server::State;
+use crate::state::State;
 use crate::store::{AttachmentId, ByteRange, Meta, State as AttState, StoreError};
 
 pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Error> {

@@ -49,7 +49,7 @@ use crate::body::{self, Body, BoxError, IdleTimeout};
 use crate::error::{Error, Precondition};
 use crate::ical::{edit, Calendar, NewAttach};
 use crate::identity::{normalize_address, Identity};
-use crate::server::State;
+use crate::state::State;
 use crate::store::{AttachmentId, Holder, Meta, State as AttState};
 
 use super::post::store_error;

@@ -9,7 +9,6 @@ pub mod guard;
 pub mod params;
 pub mod post;
 pub mod scan;
-pub mod slots;
 
 pub use crate::proxy::caller::{
     drain, fetch_object, validators, Caller, Fetched, Object, Validators,
@@ -72,7 +71,7 @@ pub fn refuse_cross_site(
 /// is missing; for a download, the resource [`get`] checks downloads against) — never
 /// `/`, which need not be the DAV server (Baïkal's is `/dav.php/`). When the upstream
 /// names none, `Basic realm="calattach"`.
-pub async fn challenge_for(state: &crate::server::State, path: &str) -> Vec<HeaderValue> {
+pub async fn challenge_for(state: &crate::state::State, path: &str) -> Vec<HeaderValue> {
     let anonymous = Caller::anonymous();
     let prefix = &state.config.attachments.prefix;
     let mut candidates = Vec::new();
@@ -111,7 +110,7 @@ pub async fn challenge_for(state: &crate::server::State, path: &str) -> Vec<Head
 /// return=representation` (RFC 7240, RFC 8144 §3.2) — the object itself with
 /// `Preference-Applied`; otherwise an empty body.
 pub fn object_response(
-    state: &crate::server::State,
+    state: &crate::state::State,
     status: StatusCode,
     path: &str,
     validators: &Validators,

@@ -33,7 +33,7 @@ use super::{fetch_object, Caller, Fetched, Object};
 use crate::body::{self, Body};
 use crate::error::{Error, Precondition};
 use crate::ical::{edit, Budget, Calendar, EditError, NewAttach};
-use crate::server::State;
+use crate::state::State;
 use crate::store::{AttachmentId, Meta, PutBlobError};
 
 /// A stored upload waiting for its commit.
@@ -157,7 +157,8 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
         object,
         budget,
     };
-    let (new_validators, new_cal) = match state.commits.commit(state, &path, change).await {
+    let (new_validators, new_cal) = match super::commit::queues().commit(state, &path, change).await
+    {
         Ok(c) => (c.validators, c.cal),
         Err(f) if f.definite => {
             discard(state, upload.as_ref()).await;

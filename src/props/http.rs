@@ -88,7 +88,7 @@ use crate::attach::{self, Caller};
 use crate::body::{self, Body, BoxError};
 use crate::error::{Error, Precondition};
 use crate::identity::Resolved;
-use crate::server::State;
+use crate::state::State;
 
 /// Largest request body read to decide; a client asking for our properties sends a few
 /// hundred bytes, Apple's ~40-property PROPFIND about 2 KiB.

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::body::{self, Body};
 use crate::error::Error;
-use crate::server::State;
+use crate::state::State;
 
 /// The sub-path of the prefix that holds the assets.
 pub const ASSET_DIR: &str = "/_/";

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Caller;
 use crate::error::Error;
+use crate::proxy::caller::Caller;
 
 /// Shared by every worker thread.
 pub struct UploadSlots {
