@@ -40,6 +40,20 @@ pub const DEFAULT_MAX_ATTACHMENT_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_ATTACHMENTS_PER_RESOURCE: u64 = 20;
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_OVERRIDES: usize = 1000;
+/// Default of the rid check's instance limit (`attachments.max_expanded_instances`,
+/// `ical::Budget`): a daily series of 270 years, an hourly one of 11; no real calendar
+/// reaches it.
+pub const DEFAULT_MAX_EXPANDED_INSTANCES: u64 = 100_000;
+/// Default of the rid check's line limit (`attachments.max_recurrence_lines`).
+pub const DEFAULT_MAX_RECURRENCE_LINES: usize = 1000;
+/// Default of the rid check's wall-clock limit (`attachments.max_expansion_time`).
+pub const DEFAULT_MAX_EXPANSION_TIME: Duration = Duration::from_secs(1);
+/// Size of one multipart part by default (`storage.part_size`): the S3 minimum for
+/// every part but the last.
+pub const DEFAULT_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Part buffers of all S3 uploads together when not configured (`storage.upload_buffer`):
+/// one part for each of the default 64 upload slots.
+pub const DEFAULT_UPLOAD_BUFFER: u64 = 64 * DEFAULT_PART_SIZE;
 pub const DEFAULT_COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 pub const DEFAULT_STORAGE_URL: &str = "file://./data";
 pub const DEFAULT_GC_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -240,13 +254,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Identity resolution (`[identity]`).
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub address_template: Option<String>,
+    pub cache_ttl: Duration,
+    pub cache_size: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub attachments: AttachmentsConfig,
     pub storage: StorageConfig,
-    pub identity: crate::identity::IdentityConfig,
+    pub identity: IdentityConfig,
     pub gc: GcConfig,
     pub log: LogConfig,
 }
@@ -558,7 +580,7 @@ impl Config {
                 count(
                     "attachments.max_recurrence_lines",
                     a.max_recurrence_lines,
-                    crate::ical::DEFAULT_MAX_RECURRENCE_LINES as u64,
+                    DEFAULT_MAX_RECURRENCE_LINES as u64,
                 )?,
                 1,
             )?,
@@ -567,13 +589,13 @@ impl Config {
                 count(
                     "attachments.max_expanded_instances",
                     a.max_expanded_instances,
-                    crate::ical::DEFAULT_MAX_EXPANDED_INSTANCES,
+                    DEFAULT_MAX_EXPANDED_INSTANCES,
                 )?,
             )?,
             max_expansion_time: duration(
                 "attachments.max_expansion_time",
                 a.max_expansion_time,
-                crate::ical::DEFAULT_MAX_EXPANSION_TIME,
+                DEFAULT_MAX_EXPANSION_TIME,
             )?,
             commit_deadline: duration(
                 "attachments.commit_deadline",
@@ -595,11 +617,7 @@ impl Config {
 
         let st = raw.storage;
         let storage_url = st.url.as_deref().unwrap_or(DEFAULT_STORAGE_URL);
-        let part_size = size(
-            "storage.part_size",
-            st.part_size,
-            crate::store::DEFAULT_PART_SIZE,
-        )?;
+        let part_size = size("storage.part_size", st.part_size, DEFAULT_PART_SIZE)?;
         const MIN_PART: u64 = 5 * 1024 * 1024;
         const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
         if !(MIN_PART..=MAX_PART).contains(&part_size) {
@@ -651,7 +669,7 @@ impl Config {
                 ));
             }
         }
-        let identity = crate::identity::IdentityConfig {
+        let identity = IdentityConfig {
             address_template: i.address_template,
             cache_ttl: duration(
                 "identity.cache_ttl",

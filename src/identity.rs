@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
@@ -34,6 +34,7 @@ use quick_xml::name::ResolveResult;
 use sha2::{Digest, Sha256};
 
 use crate::body::Body;
+use crate::config::IdentityConfig;
 use crate::error::Error;
 use crate::proxy::caller::Caller;
 use crate::proxy::Upstream;
@@ -88,14 +89,6 @@ pub enum Resolved {
     /// The upstream refused the credentials: its answer (`401` and challenge, or `403`)
     /// to relay.
     Refused(Response<Body>),
-}
-
-/// Settings for resolution.
-#[derive(Debug, Clone)]
-pub struct IdentityConfig {
-    pub address_template: Option<String>,
-    pub cache_ttl: Duration,
-    pub cache_size: usize,
 }
 
 /// Keyed hash of one `Authorization` value.
@@ -659,7 +652,7 @@ mod tests {
     fn cache_keys_differ_for_different_passwords_of_one_user() {
         let cache = IdentityCache::new(IdentityConfig {
             address_template: None,
-            cache_ttl: Duration::from_secs(60),
+            cache_ttl: std::time::Duration::from_secs(60),
             cache_size: 2,
         });
         let a = cache.slot(&HeaderValue::from_static("Basic dXNlcjE6YQ=="));

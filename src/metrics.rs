@@ -34,7 +34,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::router::Route;
 use crate::store::StoreError;
 
 /// `Content-Type` of [`Metrics::encode`]'s output.
@@ -222,16 +221,23 @@ impl Metrics {
         out
     }
 
-    /// One answered request, when its response body ended (the access log line). A
-    /// successful download's bytes count as attachment bytes out.
-    pub fn request_done(&self, route: Route, method: &Method, status: StatusCode, bytes: u64) {
+    /// One answered request of the route labelled `route` (`router::Route::as_str`),
+    /// when its response body ended (the access log line). A successful download's bytes
+    /// count as attachment bytes out.
+    pub fn request_done(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: StatusCode,
+        bytes: u64,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.as_str(),
+                route,
                 status: status.as_u16(),
             })
             .inc();
-        if route == Route::Download && *method == Method::GET && status.is_success() {
+        if route == "download" && *method == Method::GET && status.is_success() {
             self.attachment_bytes
                 .get_or_create(&DirectionLabels { direction: "out" })
                 .inc_by(bytes);
@@ -246,22 +252,19 @@ impl Metrics {
         }
     }
 
-    /// The action of an attachment POST, read from its query before the request is
-    /// consumed; `None` for every other route.
-    pub fn attach_action(route: Route, uri: &Uri) -> Option<AttachAction> {
-        if route != Route::Attach {
-            return None;
-        }
+    /// The action of an attachment POST (the `attach` route), read from its query
+    /// before the request is consumed.
+    pub fn attach_action(uri: &Uri) -> AttachAction {
         let query = uri.query().unwrap_or("");
         let action = url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "action")
             .map(|(_, v)| v);
-        Some(AttachAction(match action.as_deref() {
+        AttachAction(match action.as_deref() {
             Some("attachment-add") => "add",
             Some("attachment-update") => "update",
             Some("attachment-remove") => "remove",
             _ => "invalid",
-        }))
+        })
     }
 
     /// The outcome of an attachment POST, from the status calattach answered with.
@@ -393,33 +396,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_labels_are_snake_case() {
-        assert_eq!(Route::Attach.as_str(), "attach");
-        assert_eq!(Route::AttachmentOptions.as_str(), "attachment_options");
-    }
-
-    #[test]
-    fn attach_action_is_read_from_the_query_of_attach_routes_only() {
+    fn attach_action_is_read_from_the_query() {
         let uri: Uri = "/u/c/e.ics?action=attachment-update&managed-id=x"
             .parse()
             .unwrap();
-        assert_eq!(
-            Metrics::attach_action(Route::Attach, &uri),
-            Some(AttachAction("update"))
-        );
-        assert_eq!(Metrics::attach_action(Route::Forward, &uri), None);
+        assert_eq!(Metrics::attach_action(&uri), AttachAction("update"));
         let bogus: Uri = "/u/c/e.ics?action=bogus".parse().unwrap();
-        assert_eq!(
-            Metrics::attach_action(Route::Attach, &bogus),
-            Some(AttachAction("invalid"))
-        );
+        assert_eq!(Metrics::attach_action(&bogus), AttachAction("invalid"));
     }
 
     #[test]
     fn counters_show_up_in_the_text_exposition_with_their_labels() {
         let m = Metrics::new();
-        m.request_done(Route::Download, &Method::GET, StatusCode::OK, 10);
-        m.request_done(Route::Download, &Method::HEAD, StatusCode::OK, 0);
+        m.request_done("download", &Method::GET, StatusCode::OK, 10);
+        m.request_done("download", &Method::HEAD, StatusCode::OK, 0);
         m.attachment_done(Some(AttachAction("add")), StatusCode::CREATED);
         m.attachment_stored(7);
         m.commit_retry();

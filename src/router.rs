@@ -97,6 +97,12 @@ mod tests {
     }
 
     #[test]
+    fn route_labels_are_snake_case() {
+        assert_eq!(Route::Attach.as_str(), "attach");
+        assert_eq!(Route::AttachmentOptions.as_str(), "attachment_options");
+    }
+
+    #[test]
     fn post_with_action_is_owned_and_post_without_is_forwarded() {
         assert_eq!(r("POST", "/u/c/e.ics?action=attachment-add"), Route::Attach);
         assert_eq!(r("POST", "/u/c/e.ics?rid=M&action=bogus"), Route::Attach);

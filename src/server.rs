@@ -289,7 +289,7 @@ pub async fn serve_request(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let route = router::route(&method, &uri, &state.config.attachments.prefix);
-    let action = crate::metrics::Metrics::attach_action(route, &uri);
+    let action = (route == Route::Attach).then(|| crate::metrics::Metrics::attach_action(&uri));
     let handled = handle(req, state, peer, route);
     // Forwarded requests log nothing of their own on success, so they skip the span:
     // their few warnings name the path themselves, and the access line carries the id.
@@ -498,7 +498,12 @@ impl AccessLog {
             return;
         }
         self.done = true;
-        crate::metrics::get().request_done(self.route, &self.method, self.status, self.bytes);
+        crate::metrics::get().request_done(
+            self.route.as_str(),
+            &self.method,
+            self.status,
+            self.bytes,
+        );
         tracing::info!(
             id = self.id.to_str().unwrap_or(""),
             method = self.method.as_str(),

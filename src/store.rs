@@ -1052,12 +1052,7 @@ impl PartUploads {
     }
 }
 
-/// Size of one multipart part by default: the S3 minimum for every part but the last.
-pub const DEFAULT_PART_SIZE: u64 = 5 * 1024 * 1024;
-
-/// Part buffers of all S3 uploads together when not configured: one part for each of
-/// the default 64 upload slots.
-pub const DEFAULT_UPLOAD_BUFFER: u64 = 64 * DEFAULT_PART_SIZE;
+use crate::config::{DEFAULT_PART_SIZE, DEFAULT_UPLOAD_BUFFER};
 
 /// Parts uploading at once per upload (when the budget has room), besides the one filling.
 const PARTS_IN_FLIGHT: usize = 2;

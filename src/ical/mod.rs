@@ -46,10 +46,7 @@ use std::collections::BTreeSet;
 pub use edit::EditError;
 pub use line::{ParseError, ParseErrorKind};
 pub use param::Param;
-pub use recur::{
-    parse_rid_list, Budget, RidError, RidSpec, DEFAULT_MAX_EXPANDED_INSTANCES,
-    DEFAULT_MAX_EXPANSION_TIME, DEFAULT_MAX_RECURRENCE_LINES,
-};
+pub use recur::{parse_rid_list, Budget, RidError, RidSpec};
 
 use line::{Comp, Kind, Line};
 

@@ -40,13 +40,9 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use super::edit::EditError;
 use super::Calendar;
 
-/// Default of [`Budget`]'s instance limit (`attachments.max_expanded_instances`): a
-/// daily series of 270 years, an hourly one of 11; no real calendar reaches it.
-pub const DEFAULT_MAX_EXPANDED_INSTANCES: u64 = 100_000;
-/// Default of [`Budget`]'s line limit (`attachments.max_recurrence_lines`).
-pub const DEFAULT_MAX_RECURRENCE_LINES: usize = 1000;
-/// Default of [`Budget`]'s wall-clock limit (`attachments.max_expansion_time`).
-pub const DEFAULT_MAX_EXPANSION_TIME: Duration = Duration::from_secs(1);
+use crate::config::{
+    DEFAULT_MAX_EXPANDED_INSTANCES, DEFAULT_MAX_EXPANSION_TIME, DEFAULT_MAX_RECURRENCE_LINES,
+};
 
 /// The recurrence work one request may do (RFC 8607 §7, processing-time attacks).
 ///
