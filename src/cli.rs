@@ -422,7 +422,7 @@ async fn check_storage(state: &crate::state::State) -> bool {
             println!(
                 "storage {}: FAIL: cannot write, read and delete a probe object: {}",
                 state.store,
-                crate::proxy::error_chain(&e)
+                crate::error::error_chain(&e)
             );
             false
         }

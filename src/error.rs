@@ -167,6 +167,34 @@ fn need_read(href: &str) -> String {
     )
 }
 
+/// `a: b: c` for logging an error with its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// What calattach answers when the store fails: `507` when it is full, `503` with
+/// `Retry-After` when it is unreachable or keeps failing (a later retry may succeed), `500`
+/// otherwise. Every failure is counted (`calattach_store_errors_total`).
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Error {
+        crate::metrics::get().store_error(&e);
+        if matches!(e, crate::store::StoreError::Full { .. }) {
+            Error::InsufficientStorage(error_chain(&e))
+        } else if e.is_unavailable() {
+            Error::StorageUnavailable(error_chain(&e))
+        } else {
+            Error::Storage(error_chain(&e))
+        }
+    }
+}
+
 impl Error {
     /// The upstream's refusal of an internal request as calattach's own answer: its
     /// `401` with its challenges, or `403`.

@@ -261,6 +261,49 @@ pub async fn may_download(state: &State, caller: &Caller, meta: &Meta) -> Result
     Ok(Download::Denied(need_read(state, meta)))
 }
 
+/// `href` no longer holds the id of `meta`: un-index it there, and tombstone the id
+/// (RFC 8607 §3.9, §3.12.5) when nothing that keeps it alive still holds it (DESIGN §5):
+/// its home object (`meta.href`), or another organizer-side object (the creator's reuse,
+/// RFC 8607 §3.7). Attendee copies do not keep it alive once the home object dropped it:
+/// the organizer's removal must revoke access. Whatever the caller's object, only its
+/// own reference goes; the id of someone else's event survives a release elsewhere.
+pub async fn release(state: &State, meta: &Meta, href: &str, reason: &str) {
+    let id = &meta.id;
+    if let Err(e) = state.store.remove_ref(href, id).await {
+        tracing::warn!(id = %id.as_str(), error = %e, "removing reference failed");
+    }
+    if let Err(e) = state.store.remove_holder(id, href).await {
+        tracing::warn!(id = %id.as_str(), error = %e, "removing holder failed");
+    }
+    match held_elsewhere(state, meta, href).await {
+        Ok(true) => {}
+        Ok(false) => match state.store.mark_removed(id, reason).await {
+            Ok(()) => tracing::info!(id = %id.as_str(), %href, reason, "attachment tombstoned"),
+            Err(e) => tracing::warn!(id = %id.as_str(), error = %e, "tombstoning failed"),
+        },
+        // Unknown: keep it (never remove what may be referenced; gc decides later).
+        Err(e) => {
+            tracing::warn!(id = %id.as_str(), error = %e, "cannot tell whether still referenced")
+        }
+    }
+}
+
+async fn held_elsewhere(
+    state: &State,
+    meta: &Meta,
+    href: &str,
+) -> Result<bool, crate::store::StoreError> {
+    if meta.href != href && state.store.refs(&meta.href).await?.contains(&meta.id) {
+        return Ok(true);
+    }
+    Ok(state
+        .store
+        .holders(&meta.id)
+        .await?
+        .iter()
+        .any(|h| h.href != href && h.href != meta.href && h.organizer_side))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -308,10 +308,10 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
     let results: Vec<Outcome> = loop {
         if alone && !conditional::preconditions_hold(&lead.headers, &object.validators) {
             let prefer = params::wants_representation(&lead.headers);
-            let resp = super::post::precondition_failed(state, path, &object, prefer);
+            let resp = super::edit::precondition_failed(state, path, &object, prefer);
             break fail_all(&members, resp, true).await;
         }
-        let cal = match super::post::parse_object(&object, path, cfg.max_overrides).await {
+        let cal = match super::edit::parse_object(&object, path, cfg.max_overrides).await {
             Ok(c) => c,
             Err(e) => break fail_all(&members, e.into_response(), true).await,
         };
@@ -326,12 +326,12 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
             })
             .collect();
         let max = cfg.max_attachments_per_resource;
-        let edited = super::post::off_thread(move || {
+        let edited = super::edit::off_thread(move || {
             let mut current = cal;
             let mut own: Vec<Option<Error>> = Vec::with_capacity(work.len());
             for (query, attach, mut budget) in work {
                 let applied =
-                    super::post::edit_for(&current, &query, attach.as_ref(), max, &mut budget)
+                    super::edit::edit_for(&current, &query, attach.as_ref(), max, &mut budget)
                         .and_then(|bytes| {
                             Calendar::parse(&bytes).map_err(|e| {
                                 Error::Internal(format!("edited object does not parse: {e}"))

@@ -34,11 +34,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
 
     let capability = state.config.attachments.download == DownloadMode::Capability;
     let found = match AttachmentId::parse(id_text) {
-        Some(id) => state
-            .store
-            .state(&id)
-            .await
-            .map_err(super::post::store_error)?,
+        Some(id) => state.store.state(&id).await.map_err(Error::from)?,
         None => None,
     };
     if caller.is_anonymous() && !capability {
@@ -263,7 +259,7 @@ async fn serve(
             tracing::warn!(id = %meta.id.as_str(), "attachment metadata without blob");
             return Err(Error::Gone);
         }
-        Err(e) => return Err(super::post::store_error(e)),
+        Err(e) => return Err(Error::from(e)),
     };
     let served = blob.range.end - blob.range.start;
     let h = resp.headers_mut();

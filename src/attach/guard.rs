@@ -52,8 +52,6 @@ use crate::identity::{normalize_address, Identity};
 use crate::state::State;
 use crate::store::{AttachmentId, Holder, Meta, State as AttState};
 
-use super::post::store_error;
-
 /// Most ids of one object looked up in the store (bounds the work one PUT can cause).
 const MAX_LOOKUPS: usize = 256;
 
@@ -271,7 +269,7 @@ impl<'a> Landing<'a> {
     /// superset of what objects reference), remembering which entries are new.
     async fn index(&mut self, organizer_side: bool) -> Result<(), Error> {
         let store = &self.state.store;
-        let tracked = store.refs(&self.target).await.map_err(store_error)?;
+        let tracked = store.refs(&self.target).await.map_err(Error::from)?;
         for id in self.introduced() {
             let Some((meta, _)) = self.known.get(&id) else {
                 continue;
@@ -281,16 +279,16 @@ impl<'a> Landing<'a> {
                 store
                     .add_ref(&self.target, &id)
                     .await
-                    .map_err(store_error)?;
+                    .map_err(Error::from)?;
                 self.created_refs.push(id.clone());
             }
-            let held = store.holders(&id).await.map_err(store_error)?;
+            let held = store.holders(&id).await.map_err(Error::from)?;
             if !held.iter().any(|h| h.href == self.target) {
                 let holder = Holder {
                     href: self.target.clone(),
                     organizer_side,
                 };
-                store.add_holder(&id, &holder).await.map_err(store_error)?;
+                store.add_holder(&id, &holder).await.map_err(Error::from)?;
                 self.created_holders.push(id);
             }
         }
@@ -334,7 +332,7 @@ impl<'a> Landing<'a> {
         }
         for id in self.old_ids.difference(&self.new_ids) {
             if let Some((meta, _)) = self.known.get(id) {
-                release(self.state, meta, &self.target, "dropped by PUT").await;
+                access::release(self.state, meta, &self.target, "dropped by PUT").await;
             }
         }
     }
@@ -380,7 +378,7 @@ async fn put(
         read_bounded(incoming, max).await?
     };
     let base = super::url_base(&state.upstream, &cfg.prefix);
-    let tracked = state.store.refs(&path).await.map_err(store_error)?;
+    let tracked = state.store.refs(&path).await.map_err(Error::from)?;
     let bytes = match read {
         Read::Whole(b) => b,
         Read::Over(head, rest) => {
@@ -670,54 +668,11 @@ async fn lookup<'a>(
         .buffer_unordered(IN_FLIGHT);
     let mut out = BTreeMap::new();
     while let Some(read) = reads.next().await {
-        if let (id, Some(found)) = read.map_err(store_error)? {
+        if let (id, Some(found)) = read.map_err(Error::from)? {
             out.insert(id.as_str().to_owned(), found);
         }
     }
     Ok(out)
-}
-
-/// `href` no longer holds the id of `meta`: un-index it there, and tombstone the id
-/// (RFC 8607 §3.9, §3.12.5) when nothing that keeps it alive still holds it (DESIGN §5):
-/// its home object (`meta.href`), or another organizer-side object (the creator's reuse,
-/// RFC 8607 §3.7). Attendee copies do not keep it alive once the home object dropped it:
-/// the organizer's removal must revoke access. Whatever the caller's object, only its
-/// own reference goes; the id of someone else's event survives a release elsewhere.
-pub(crate) async fn release(state: &State, meta: &Meta, href: &str, reason: &str) {
-    let id = &meta.id;
-    if let Err(e) = state.store.remove_ref(href, id).await {
-        tracing::warn!(id = %id.as_str(), error = %e, "removing reference failed");
-    }
-    if let Err(e) = state.store.remove_holder(id, href).await {
-        tracing::warn!(id = %id.as_str(), error = %e, "removing holder failed");
-    }
-    match held_elsewhere(state, meta, href).await {
-        Ok(true) => {}
-        Ok(false) => match state.store.mark_removed(id, reason).await {
-            Ok(()) => tracing::info!(id = %id.as_str(), %href, reason, "attachment tombstoned"),
-            Err(e) => tracing::warn!(id = %id.as_str(), error = %e, "tombstoning failed"),
-        },
-        // Unknown: keep it (never remove what may be referenced; gc decides later).
-        Err(e) => {
-            tracing::warn!(id = %id.as_str(), error = %e, "cannot tell whether still referenced")
-        }
-    }
-}
-
-async fn held_elsewhere(
-    state: &State,
-    meta: &Meta,
-    href: &str,
-) -> Result<bool, crate::store::StoreError> {
-    if meta.href != href && state.store.refs(&meta.href).await?.contains(&meta.id) {
-        return Ok(true);
-    }
-    Ok(state
-        .store
-        .holders(&meta.id)
-        .await?
-        .iter()
-        .any(|h| h.href != href && h.href != meta.href && h.organizer_side))
 }
 
 /// `Prefer: return=representation` (RFC 7240, RFC 8144): the stored object, read back.
@@ -747,7 +702,7 @@ async fn delete(
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     let path = req.uri().path().to_owned();
-    let tracked = state.store.refs(&path).await.map_err(store_error)?;
+    let tracked = state.store.refs(&path).await.map_err(Error::from)?;
     if tracked.is_empty() {
         return state.upstream.forward(req, peer).await;
     }
@@ -755,7 +710,7 @@ async fn delete(
     if resp.status().is_success() {
         for id in tracked {
             if let Ok(Some((meta, _))) = state.store.state(&id).await {
-                release(state, &meta, &path, "object deleted").await;
+                access::release(state, &meta, &path, "object deleted").await;
             }
         }
     }
@@ -787,7 +742,7 @@ async fn relocate(
     };
     let base = super::url_base(&state.upstream, &state.config.attachments.prefix);
     let caller = Caller::from_headers(req.headers())?;
-    let tracked = state.store.refs(&path).await.map_err(store_error)?;
+    let tracked = state.store.refs(&path).await.map_err(Error::from)?;
     let max = state.config.attachments.max_object_size;
     // What lands at the destination: the source as the caller reads it.
     let (scan, cal) = match fetch_object(&state.upstream, &caller, &path, max).await {

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod commit;
 pub mod conditional;
+pub mod edit;
 pub mod get;
 pub mod guard;
 pub mod params;

@@ -28,11 +28,12 @@ use http_body_util::BodyDataStream;
 use hyper::body::Incoming;
 
 use super::conditional::{self, Validators};
+use super::edit::{edit_for, off_thread, parse_object, precondition_failed};
 use super::params::{self, AttachAction, AttachQuery};
-use super::{fetch_object, Caller, Fetched, Object};
+use super::{fetch_object, Caller, Fetched};
 use crate::body::{self, Body};
 use crate::error::{Error, Precondition};
-use crate::ical::{edit, Budget, Calendar, EditError, NewAttach};
+use crate::ical::{Budget, Calendar, NewAttach};
 use crate::state::State;
 use crate::store::{AttachmentId, Meta, PutBlobError};
 
@@ -144,7 +145,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
                 .store
                 .mark_releasing(&old, &path)
                 .await
-                .map_err(store_error)?;
+                .map_err(Error::from)?;
             Some(old)
         }
         _ => None,
@@ -196,42 +197,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Runs CPU work (parsing, rid checks) on the blocking pool: a worker thread serves
-/// many connections on one runtime, and one request's work must not delay the others.
-pub(super) async fn off_thread<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(format!("calendar work failed: {e}")))
-}
-
-pub(super) async fn parse_object(
-    object: &Object,
-    path: &str,
-    max_overrides: usize,
-) -> Result<Arc<Calendar>, Error> {
-    let bytes = object.bytes.clone();
-    let cal = off_thread(move || Calendar::parse(&bytes))
-        .await?
-        .map_err(|e| {
-            Error::Precondition(
-                Precondition::ValidCalendarData,
-                format!("{path} does not parse as iCalendar: {e}"),
-            )
-        })?;
-    if cal.override_count() > max_overrides {
-        return Err(Error::Precondition(
-            Precondition::MaxInstances,
-            format!(
-                "{path} has {} overridden instances, more than attachments.max_overrides",
-                cal.override_count()
-            ),
-        ));
-    }
-    Ok(Arc::new(cal))
-}
-
 fn new_attach(
     state: &State,
     id: &AttachmentId,
@@ -269,54 +234,6 @@ async fn apply(
     result
 }
 
-pub(super) fn edit_for(
-    cal: &Calendar,
-    query: &AttachQuery,
-    new: Option<&NewAttach>,
-    max_attachments: u64,
-    budget: &mut Budget,
-) -> Result<Vec<u8>, Error> {
-    let rids = query.rids.as_deref();
-    let result = match (query.action, new) {
-        (AttachAction::Add, Some(a)) => {
-            let count = cal.distinct_managed_ids().len() as u64;
-            if count + 1 > max_attachments {
-                return Err(Error::Precondition(
-                    Precondition::MaxAttachmentsPerResource,
-                    format!(
-                        "the object already holds {count} managed attachments \
-                         (max {max_attachments})"
-                    ),
-                ));
-            }
-            edit::add_attach_within(cal, rids, a, budget)
-        }
-        (AttachAction::Update, Some(a)) => {
-            edit::update_attach(cal, query.managed_id.as_deref().unwrap_or(""), a)
-        }
-        (AttachAction::Remove, _) => {
-            edit::remove_attach_within(cal, rids, query.managed_id.as_deref().unwrap_or(""), budget)
-        }
-        _ => return Err(Error::Internal("attachment edit without its upload".into())),
-    };
-    result.map_err(edit_error)
-}
-
-fn edit_error(e: EditError) -> Error {
-    if e.is_rid_error() {
-        return Error::Precondition(Precondition::ValidRid, e.to_string());
-    }
-    match e {
-        EditError::UnknownManagedId(_) => {
-            Error::Precondition(Precondition::ValidManagedId, e.to_string())
-        }
-        EditError::NoComponent => {
-            Error::Precondition(Precondition::ValidCalendarData, e.to_string())
-        }
-        other => Error::BadRequest(other.to_string()),
-    }
-}
-
 /// Streams the request body into the store and records its metadata (state pending).
 async fn store_upload(
     state: &State,
@@ -343,7 +260,7 @@ async fn store_upload(
                 "reading the attachment body failed: {e}"
             )))
         }
-        Err(PutBlobError::Store(e)) => return Err(store_error(e)),
+        Err(PutBlobError::Store(e)) => return Err(Error::from(e)),
         Err(e @ PutBlobError::Busy { .. }) => return Err(Error::Busy(e.to_string())),
     };
     drop(uploading);
@@ -369,22 +286,11 @@ async fn store_upload(
     };
     if let Err(e) = recorded {
         let _ = state.store.discard(&id).await;
-        return Err(store_error(e));
+        return Err(Error::from(e));
     }
     let attach = new_attach(state, &id, &filename, &media_type, info.size);
     tracing::info!(id = %id.as_str(), size = info.size, %path, "attachment stored (pending)");
     Ok(Upload { id, attach })
-}
-
-pub fn store_error(e: crate::store::StoreError) -> Error {
-    crate::metrics::get().store_error(&e);
-    if matches!(e, crate::store::StoreError::Full { .. }) {
-        Error::InsufficientStorage(crate::proxy::error_chain(&e))
-    } else if e.is_unavailable() {
-        Error::StorageUnavailable(crate::proxy::error_chain(&e))
-    } else {
-        Error::Storage(crate::proxy::error_chain(&e))
-    }
 }
 
 /// Reconciliation on touch (DESIGN §8): a pending id the object references was
@@ -459,7 +365,7 @@ async fn finish_store(
     };
     match store.state(&old_id).await {
         Ok(Some((meta, _))) => {
-            super::guard::release(state, &meta, path, query.action.as_str()).await;
+            super::access::release(state, &meta, path, query.action.as_str()).await;
             true
         }
         Ok(None) => true,
@@ -515,22 +421,4 @@ async fn respond(
         }
     }
     Ok(resp)
-}
-
-/// `412`; under `Prefer: return=representation` with the current object, its `ETag` and
-/// `Content-Location` (RFC 8144 §3.2, RFC 8607 Appendix A).
-pub(super) fn precondition_failed(
-    state: &State,
-    path: &str,
-    object: &Object,
-    prefer: bool,
-) -> Response<Body> {
-    tracing::info!(%path, "client precondition failed (412)");
-    super::object_response(
-        state,
-        StatusCode::PRECONDITION_FAILED,
-        path,
-        &object.validators,
-        prefer.then(|| object.bytes.clone()),
-    )
 }

@@ -400,7 +400,7 @@ impl Http {
             .client
             .request(req)
             .await
-            .map_err(|e| http_error(url, crate::proxy::error_chain(&e)))?;
+            .map_err(|e| http_error(url, crate::error::error_chain(&e)))?;
         if resp.status().is_success() {
             return Ok(resp);
         }

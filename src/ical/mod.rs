@@ -34,6 +34,7 @@
 //! ```
 
 pub mod edit;
+mod error;
 mod line;
 pub mod param;
 mod recur;

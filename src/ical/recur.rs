@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 
-use super::edit::EditError;
+use super::error::EditError;
 use super::Calendar;
 
 use crate::config::{

@@ -18,7 +18,7 @@ use self::pool::{Pool, PooledBody, SendError, Target};
 
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, UpstreamConfig};
-use crate::error::Error;
+use crate::error::{error_chain, Error};
 
 /// A response from the upstream; its body returns the connection to the pool when read
 /// to the end.
@@ -338,18 +338,6 @@ fn append(headers: &mut http::HeaderMap, name: HeaderName, value: String) {
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         headers.insert(name, v);
     }
-}
-
-/// `a: b: c` for logging an error with its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
