@@ -48,9 +48,7 @@ impl Route {
 pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
     if under_prefix(uri.path(), prefix) {
         return match *method {
-            Method::GET | Method::HEAD if crate::web::is_page_path(uri.path(), prefix) => {
-                Route::Page
-            }
+            Method::GET | Method::HEAD if is_page_path(uri.path(), prefix) => Route::Page,
             Method::GET | Method::HEAD => Route::Download,
             Method::OPTIONS => Route::AttachmentOptions,
             _ => Route::AttachmentWrite,
@@ -68,6 +66,19 @@ pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
         }
         _ if is_props_method(method) => Route::Props,
         _ => Route::Forward,
+    }
+}
+
+/// The sub-path of the prefix that holds the assets.
+pub const ASSET_DIR: &str = "/_/";
+
+/// Whether `path` (under `prefix`) is the page or one of its assets: `<prefix>`,
+/// `<prefix>/` and anything under `<prefix>/_/`.
+pub fn is_page_path(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some("") | Some("/") => true,
+        Some(rest) => rest.starts_with(ASSET_DIR),
+        None => false,
     }
 }
 

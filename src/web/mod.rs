@@ -25,9 +25,6 @@ use crate::body::{self, Body};
 use crate::error::Error;
 use crate::state::State;
 
-/// The sub-path of the prefix that holds the assets.
-pub const ASSET_DIR: &str = "/_/";
-
 /// The policy of every page response (no inline code, nothing from other origins).
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self' data:; form-action 'none'; \
@@ -72,16 +69,6 @@ fn etags() -> &'static [String] {
     })
 }
 
-/// Whether `path` (under `prefix`) is the page or one of its assets: `<prefix>`,
-/// `<prefix>/` and anything under `<prefix>/_/`.
-pub fn is_page_path(path: &str, prefix: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some("") | Some("/") => true,
-        Some(rest) => rest.starts_with(ASSET_DIR),
-        None => false,
-    }
-}
-
 /// `GET`/`HEAD` of the page or an asset. With `attachments.web_page = false` the path is
 /// a download path like any other.
 pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Error> {
@@ -109,7 +96,7 @@ pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Bo
     let name = if rest == "/" {
         ""
     } else {
-        rest.strip_prefix(ASSET_DIR).unwrap_or(rest)
+        rest.strip_prefix(crate::router::ASSET_DIR).unwrap_or(rest)
     };
     let Some(index) = ASSETS.iter().position(|a| a.name == name && rest != "/_/") else {
         return Ok(not_found());
@@ -188,12 +175,18 @@ mod tests {
     #[test]
     fn page_paths_are_the_prefix_its_slash_and_the_asset_dir() {
         let p = "/.attachments";
-        assert!(is_page_path("/.attachments", p));
-        assert!(is_page_path("/.attachments/", p));
-        assert!(is_page_path("/.attachments/_/app.js", p));
-        assert!(!is_page_path("/.attachments/AAAAAAAAAAAAAAAAAAAAAA", p));
-        assert!(!is_page_path("/.attachments/AAAAAAAAAAAAAAAAAAAAAA/_/x", p));
-        assert!(!is_page_path("/.attachmentsX/", p));
+        assert!(crate::router::is_page_path("/.attachments", p));
+        assert!(crate::router::is_page_path("/.attachments/", p));
+        assert!(crate::router::is_page_path("/.attachments/_/app.js", p));
+        assert!(!crate::router::is_page_path(
+            "/.attachments/AAAAAAAAAAAAAAAAAAAAAA",
+            p
+        ));
+        assert!(!crate::router::is_page_path(
+            "/.attachments/AAAAAAAAAAAAAAAAAAAAAA/_/x",
+            p
+        ));
+        assert!(!crate::router::is_page_path("/.attachmentsX/", p));
     }
 
     #[test]
