@@ -80,7 +80,6 @@ pub fn run(cli: Cli) -> ExitCode {
             match runtime().block_on(server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if matches!(e.downcast_ref(), Some(Error::Config(_))) => {
-                    tracing::error!(error = %e, "calattach stopped");
                     config_error(&e);
                     ExitCode::from(EXIT_CONFIG)
                 }

@@ -411,7 +411,14 @@ impl Config {
             serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
                 ConfigError::Key {
                     key: e.path().to_string(),
-                    message: e.inner().to_string(),
+                    // toml adds "in `<table>`" on a line of its own; the key says it.
+                    message: e
+                        .inner()
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
                 }
             })?;
         Config::from_raw(raw)
@@ -910,7 +917,13 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
 fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::value(key, &v, e)),
+        Some(v) => humantime::parse_duration(&v).map_err(|e| {
+            ConfigError::value(
+                key,
+                &v,
+                format!("{e} (expected a duration like 250ms, 30s, 5m, 1h)"),
+            )
+        }),
     }
 }
 
