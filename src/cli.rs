@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ProcessEnv};
+use crate::error::Error;
 use crate::{options, server};
 
 /// Exit status for a configuration error (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
-/// Exit status when `check-config` finds a problem beyond the file itself.
+/// Exit status when `check-config` finds a problem beyond the file itself, and of a
+/// failed `healthcheck`.
 pub const EXIT_CHECK_FAILED: u8 = 1;
 
 #[derive(Debug, Parser)]
@@ -32,14 +34,19 @@ pub enum Command {
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
     },
-    /// Validate the configuration and probe the upstream, then exit.
+    /// Validate the configuration and probe the upstream (connection, TLS handshake,
+    /// CalDAV), the attachment prefix and the storage, then exit: 0 when all pass, 1 when
+    /// a check fails, 64 for an invalid configuration.
     CheckConfig {
+        /// Configuration file (TOML; see proxy.toml.example).
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
     },
     /// Exit 0 when the admin listener answers `GET /healthz` with 200, else 1 (for
     /// container health checks).
     Healthcheck {
+        /// Configuration file whose `server.admin_listen` is asked (not read with
+        /// --address).
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
         /// Admin address to ask instead of the configuration's `server.admin_listen`.
@@ -51,6 +58,7 @@ pub enum Command {
     Attach(crate::client::AttachArgs),
     /// Delete tombstones past retention and pending attachments proven unreferenced.
     Gc {
+        /// Configuration file (TOML; see proxy.toml.example).
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
         /// Print what would be done; change nothing.
@@ -71,6 +79,10 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::logging::init(&cfg.log);
             match runtime().block_on(server::serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if matches!(e.downcast_ref(), Some(Error::Config(_))) => {
+                    config_error(&e);
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "calattach stopped");
                     eprintln!("calattach: {e}");
@@ -106,14 +118,32 @@ pub fn run(cli: Cli) -> ExitCode {
             let Some(cfg) = load(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            println!("configuration {}: ok", config.display());
-            if runtime().block_on(check(&cfg)) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_CHECK_FAILED)
-            }
+            runtime().block_on(async {
+                // What `serve` would refuse at start (the upstream's TLS settings, the
+                // storage URL and options) is a configuration error here too.
+                let state = match crate::state::State::new(cfg.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        config_error(&e);
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                println!("configuration {}: ok", config.display());
+                if check(&cfg, &state).await {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_CHECK_FAILED)
+                }
+            })
         }
     }
+}
+
+/// `calattach: configuration error: <key> = <value>: <problem>` on standard error.
+fn config_error(e: &dyn std::fmt::Display) {
+    let text = e.to_string();
+    let text = text.strip_prefix("configuration: ").unwrap_or(&text);
+    eprintln!("calattach: configuration error: {text}");
 }
 
 fn load(path: &std::path::Path) -> Option<Config> {
@@ -172,18 +202,30 @@ async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitC
 }
 
 /// Probes what `serve` depends on; prints one line per check. True when all pass.
-async fn check(cfg: &Config) -> bool {
+async fn check(cfg: &Config, state: &crate::state::State) -> bool {
     let mut ok = true;
-    let state = match crate::state::State::new(cfg.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("FAIL: {e}");
+    let url = cfg.upstream.url.as_str().trim_end_matches('/');
+    // The connection first (TCP, then the TLS handshake), so that its failure is
+    // reported with its cause rather than as an unanswered request.
+    match state.upstream.probe_connection().await {
+        Ok(Some(tls)) => {
+            println!("upstream {url}: TLS ok ({tls}; certificate and host name verified)")
+        }
+        Ok(None) => {}
+        Err(reason) => {
+            println!("upstream {url}: FAIL: cannot connect: {reason}");
+            println!(
+                "attachments.prefix {}: skipped (the upstream is unreachable)",
+                cfg.attachments.prefix
+            );
+            check_storage(state).await;
+            check_public_url(cfg);
             return false;
         }
-    };
-    ok &= check_upstream(cfg, &state).await;
-    ok &= check_prefix(&state).await;
-    ok &= check_storage(&state).await;
+    }
+    ok &= check_upstream(cfg, state).await;
+    ok &= check_prefix(state).await;
+    ok &= check_storage(state).await;
     ok &= check_public_url(cfg);
     ok
 }
@@ -194,7 +236,7 @@ async fn check(cfg: &Config) -> bool {
 /// anonymous `PROPFIND` of its root must be challenged with Basic, since calattach
 /// replays the caller's credentials on its own requests and Digest cannot be replayed.
 async fn check_upstream(cfg: &Config, state: &crate::state::State) -> bool {
-    let url = &cfg.upstream.url;
+    let url = cfg.upstream.url.as_str().trim_end_matches('/');
     let headers = match server::probe_upstream(&state.upstream).await {
         Ok(h) => h,
         Err(e) => {
@@ -471,12 +513,13 @@ fn healthcheck(config: &std::path::Path, address: Option<std::net::SocketAddr>) 
     let addr = match address {
         Some(a) => a,
         None => {
+            // Whatever keeps the check from asking is unhealthy: exit 1, as documented.
             let Some(cfg) = load(config) else {
-                return ExitCode::from(EXIT_CONFIG);
+                return ExitCode::FAILURE;
             };
             let Some(a) = cfg.server.admin_listen else {
                 eprintln!("calattach: server.admin_listen is disabled; nothing to check");
-                return ExitCode::from(EXIT_CONFIG);
+                return ExitCode::FAILURE;
             };
             a
         }

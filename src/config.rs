@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -148,6 +148,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstream {
     pub url: Option<String>,
+    pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub preserve_host: Option<bool>,
@@ -319,6 +320,8 @@ pub struct ServerConfig {
 pub struct UpstreamConfig {
     /// Scheme and authority only: request paths are forwarded unchanged.
     pub url: Url,
+    /// PEM CA certificates trusted for an `https://` upstream besides the system's.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub preserve_host: bool,
@@ -394,15 +397,28 @@ impl Config {
         let mut tree: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: origin.to_owned(),
-                    message: e.message().to_owned(),
+                    path: match e.span() {
+                        Some(span) => {
+                            let (line, column) = line_column(text, span.start);
+                            format!("{origin}:{line}:{column}")
+                        }
+                        None => origin.to_owned(),
+                    },
+                    message: e.message().trim_end().to_owned(),
                 })?;
         apply_env(&mut tree, env)?;
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
                 ConfigError::Key {
                     key: e.path().to_string(),
-                    message: e.inner().to_string(),
+                    // toml adds "in `<table>`" on a line of its own; the key says it.
+                    message: e
+                        .inner()
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
                 }
             })?;
         Config::from_raw(raw)
@@ -500,8 +516,23 @@ impl Config {
                 ))
             }
         };
+        let url = parse_origin("upstream.url", upstream_url)?;
+        let ca_file = match u.ca_file.as_deref() {
+            None | Some("") => None,
+            Some(_) if url.scheme() != "https" => {
+                return Err(ConfigError::Key {
+                    key: "upstream.ca_file".into(),
+                    message: format!(
+                        "only used with an https:// upstream.url (it is {})",
+                        url.as_str().trim_end_matches('/')
+                    ),
+                })
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        };
         let upstream = UpstreamConfig {
-            url: parse_origin("upstream.url", upstream_url)?,
+            url,
+            ca_file,
             connect_timeout: duration(
                 "upstream.connect_timeout",
                 u.connect_timeout,
@@ -778,6 +809,18 @@ fn env_value(value: &str) -> toml::Value {
     }
 }
 
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
@@ -874,7 +917,13 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
 fn duration(key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::value(key, &v, e)),
+        Some(v) => humantime::parse_duration(&v).map_err(|e| {
+            ConfigError::value(
+                key,
+                &v,
+                format!("{e} (expected a duration like 250ms, 30s, 5m, 1h)"),
+            )
+        }),
     }
 }
 
@@ -995,6 +1044,7 @@ mod tests {
             "url",
             "part_size",
             "upload_buffer",
+            "ca_file",
             "connect_timeout",
             "response_timeout",
             "preserve_host",
@@ -1047,6 +1097,18 @@ mod tests {
                 .to_string();
             assert!(err.starts_with(key), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = Config::parse(
+            "[upstream]\nurl = \"http://a\"\nconnect_timeout = 5s\n",
+            "proxy.toml",
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("proxy.toml:3:19: "), "{err}");
     }
 
     #[test]

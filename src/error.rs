@@ -118,6 +118,10 @@ pub enum Error {
     /// connection could be made), so it certainly changed nothing upstream.
     #[error("upstream unreachable")]
     UpstreamUnreachable,
+    /// `502`: the upstream's certificate or TLS protocol was refused (the message names
+    /// the URL and the reason); nothing was sent.
+    #[error("{0}")]
+    UpstreamTls(String),
     #[error("upstream timed out")]
     UpstreamTimeout,
     /// `502`: the upstream answered an internal request with something calattach cannot
@@ -236,9 +240,10 @@ impl Error {
             }
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Gone => StatusCode::GONE,
-            Error::UpstreamUnavailable | Error::UpstreamUnreachable | Error::UpstreamAnswer(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Error::UpstreamUnavailable
+            | Error::UpstreamUnreachable
+            | Error::UpstreamAnswer(_)
+            | Error::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StorageUnavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -266,6 +271,10 @@ impl Error {
                 "502 bad gateway: the calendar server gave an answer calattach cannot use \
                  (see calattach's log)\n"
                     .to_owned(),
+            ),
+            Error::UpstreamTls(msg) => (
+                "text/plain; charset=utf-8",
+                format!("502 bad gateway: {msg}\n"),
             ),
             Error::UpstreamTimeout => (
                 "text/plain; charset=utf-8",

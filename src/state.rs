@@ -52,7 +52,7 @@ impl State {
     pub fn for_worker(&self) -> Result<State, Error> {
         Ok(State {
             config: self.config.clone(),
-            upstream: Upstream::new(&self.config.upstream, &self.config.server)?,
+            upstream: self.upstream.for_worker(),
             store: self.store.clone(),
             identity: self.identity.clone(),
             uploads: self.uploads.clone(),

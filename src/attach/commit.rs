@@ -393,7 +393,7 @@ async fn run_batch(state: &State, path: &str, slot: &Slot, members: Vec<Member>)
         crate::metrics::get().commit_sent();
         let resp = match state.upstream.send_retrying(make_put).await {
             Ok(r) => r,
-            Err(e @ Error::UpstreamUnreachable) => {
+            Err(e @ (Error::UpstreamUnreachable | Error::UpstreamTls(_))) => {
                 break settle(own, Err(definite(e).await)).await;
             }
             Err(e) => {

@@ -123,6 +123,8 @@ pub enum AttachCommand {
     Get {
         /// The attachment URL (as `add` and `list` show it).
         attachment_url: String,
+        /// File to write (`-` for standard output). Written under a temporary name in
+        /// the same directory and renamed when complete.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },

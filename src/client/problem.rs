@@ -58,6 +58,9 @@ pub fn refusal(status: StatusCode, content_type: Option<&str>, body: &[u8]) -> R
         let plain = content_type.is_some_and(|t| t.to_ascii_lowercase().starts_with("text/plain"));
         // A 401 text is the server's own ("access forbidden"); where credentials come
         // from is what helps.
+        // A text that only restates the status line ("410 gone") says less than the
+        // status's meaning; "502 bad gateway: <detail>" keeps its detail.
+        let text = without_status(text, status);
         if plain && !text.is_empty() && text.len() <= 500 && status != StatusCode::UNAUTHORIZED {
             text.to_owned()
         } else {
@@ -69,6 +72,20 @@ pub fn refusal(status: StatusCode, content_type: Option<&str>, body: &[u8]) -> R
         conditions,
         message,
     }
+}
+
+/// `text` without a leading `<code> <reason phrase>` (and the `:` after it).
+fn without_status(text: &str, status: StatusCode) -> &str {
+    let Some(rest) = text.strip_prefix(status.as_str()) else {
+        return text;
+    };
+    let rest = rest.trim_start();
+    let reason = status.canonical_reason().unwrap_or("");
+    let rest = match rest.get(..reason.len()) {
+        Some(head) if head.eq_ignore_ascii_case(reason) => &rest[reason.len()..],
+        _ => rest,
+    };
+    rest.trim_start_matches(':').trim()
 }
 
 /// The children of a top-level `DAV:error`, as `DAV:name` / `CALDAV:name` (other
@@ -162,6 +179,22 @@ mod tests {
     use super::*;
 
     const XML: Option<&str> = Some("application/xml; charset=utf-8");
+
+    #[test]
+    fn a_text_restating_the_status_gives_way_to_its_meaning() {
+        let plain = Some("text/plain; charset=utf-8");
+        let r = refusal(StatusCode::GONE, plain, b"410 gone\n");
+        assert_eq!(r.to_string(), "410 Gone: the attachment was removed");
+        let r = refusal(
+            StatusCode::BAD_GATEWAY,
+            plain,
+            b"502 bad gateway: TLS handshake with https://cal.example failed: certificate expired\n",
+        );
+        assert_eq!(
+            r.to_string(),
+            "502 Bad Gateway: TLS handshake with https://cal.example failed: certificate expired"
+        );
+    }
 
     #[test]
     fn max_attachment_size_body_becomes_a_plain_message_naming_the_condition() {

@@ -86,7 +86,7 @@ impl Budget {
             )));
         }
         self.instances_left -= 1;
-        if self.instances_left % 256 == 0 && Instant::now() > self.deadline {
+        if self.instances_left.is_multiple_of(256) && Instant::now() > self.deadline {
             return Err(EditError::TooComplex(format!(
                 "rid {rid}: checking the rid list takes longer than {:?} \
                  (attachments.max_expansion_time)",

@@ -5,6 +5,7 @@ pub mod caller;
 mod hop_by_hop;
 pub mod origin;
 pub mod pool;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use url::Url;
 
 use self::pool::{Pool, PooledBody, SendError, Target};
+use self::tls::Tls;
 
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, UpstreamConfig};
@@ -24,11 +26,14 @@ use crate::error::{error_chain, Error};
 /// to the end.
 pub type UpstreamResponse = Response<PooledBody>;
 
-/// The upstream CalDAV server: a pool of HTTP/1.1 connections, cloned cheaply (clones
-/// share the pool).
+/// The upstream CalDAV server: a pool of HTTP/1.1 connections (over TLS for
+/// `https://`), cloned cheaply (clones share the pool).
 #[derive(Clone)]
 pub struct Upstream {
     pool: Pool,
+    target: Target,
+    tls: Option<Tls>,
+    connect_timeout: Duration,
     authority: HeaderValue,
     url: Url,
     public: Url,
@@ -44,13 +49,16 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, server: &ServerConfig) -> Result<Upstream, Error> {
-        if cfg.url.scheme() != "http" {
-            // TLS to the upstream is left to a sidecar for now; see docs/configuration.md.
-            return Err(Error::Config(format!(
-                "upstream.url = {:?}: only http:// upstreams are supported",
-                cfg.url.as_str()
-            )));
-        }
+        let tls = match cfg.url.scheme() {
+            "http" => None,
+            "https" => Some(Tls::new(&cfg.url, cfg.ca_file.as_deref())?),
+            other => {
+                return Err(Error::Config(format!(
+                    "upstream.url = {:?}: unsupported scheme {other:?} (expected http or https)",
+                    cfg.url.as_str()
+                )))
+            }
+        };
         let port = cfg.url.port_or_known_default().unwrap_or(80);
         let target = match cfg.url.host() {
             Some(url::Host::Ipv4(ip)) => Target::Addr(SocketAddr::from((ip, port))),
@@ -64,7 +72,8 @@ impl Upstream {
             }
         };
         let pool = Pool::new(
-            target,
+            target.clone(),
+            tls.clone(),
             cfg.connect_timeout,
             POOL_IDLE_TIMEOUT,
             POOL_MAX_IDLE,
@@ -73,6 +82,9 @@ impl Upstream {
         let public_host = authority_of(&server.public_url);
         Ok(Upstream {
             pool,
+            target,
+            tls,
+            connect_timeout: cfg.connect_timeout,
             authority,
             url: cfg.url.clone(),
             public: server.public_url.clone(),
@@ -82,6 +94,31 @@ impl Upstream {
             preserve_host: cfg.preserve_host,
             x_forwarded: cfg.forwarded_headers.x_forwarded,
             forwarded: cfg.forwarded_headers.forwarded,
+        })
+    }
+
+    /// The same upstream with a pool of its own, for one worker thread; the TLS
+    /// configuration (trusted roots, session cache) is shared.
+    pub fn for_worker(&self) -> Upstream {
+        Upstream {
+            pool: Pool::new(
+                self.target.clone(),
+                self.tls.clone(),
+                self.connect_timeout,
+                POOL_IDLE_TIMEOUT,
+                POOL_MAX_IDLE,
+            ),
+            ..self.clone()
+        }
+    }
+
+    /// Opens one connection (TCP, then TLS for `https://`) and closes it, for
+    /// `check-config`: the negotiated TLS parameters (`None` over plain TCP), or why no
+    /// connection could be made.
+    pub async fn probe_connection(&self) -> Result<Option<String>, String> {
+        self.pool.probe().await.map_err(|e| match e {
+            SendError::Connect(io) => error_chain(&io),
+            other => error_chain(&other),
         })
     }
 
@@ -161,6 +198,10 @@ impl Upstream {
             Ok(Err(SendError::Connect(e))) => {
                 tracing::warn!(%method, path = uri.path(), error = %error_chain(&e), "upstream unreachable");
                 Err(Error::UpstreamUnreachable)
+            }
+            Ok(Err(SendError::Tls(e))) => {
+                tracing::warn!(%method, path = uri.path(), error = %e, "upstream TLS handshake failed");
+                Err(Error::UpstreamTls(e.to_string()))
             }
             Ok(Err(SendError::Request(e))) => {
                 tracing::warn!(%method, path = uri.path(), error = %error_chain(&e), "upstream request failed");

@@ -1,5 +1,5 @@
-//! calattach's HTTP/1.1 connections to the upstream: a small LIFO pool of idle
-//! keep-alive connections, one per worker thread.
+//! calattach's HTTP/1.1 connections to the upstream, plain or over TLS (`tls.rs`): a
+//! small LIFO pool of idle keep-alive connections, one per worker thread.
 //!
 //! Each worker thread runs its own single-threaded runtime (src/server.rs), so a pool
 //! belongs to one thread: the connections it holds are driven by tasks on that thread,
@@ -22,6 +22,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::tls::{HandshakeError, Tls};
 use crate::body::{Body, BoxError};
 
 /// Where the upstream listens.
@@ -39,6 +40,10 @@ pub enum SendError {
     /// No connection could be made: nothing was sent, the request may be sent again.
     #[error("connecting to the upstream failed: {0}")]
     Connect(std::io::Error),
+    /// The upstream's certificate (or TLS protocol) was refused: nothing was sent, and
+    /// sending again will not help.
+    #[error(transparent)]
+    Tls(HandshakeError),
     /// The request (or part of it) may have reached the upstream.
     #[error(transparent)]
     Request(#[from] hyper::Error),
@@ -52,6 +57,8 @@ pub struct Pool {
 
 struct Inner {
     target: Target,
+    /// `Some` for an `https://` upstream.
+    tls: Option<Tls>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -66,6 +73,7 @@ struct Idle {
 impl Pool {
     pub fn new(
         target: Target,
+        tls: Option<Tls>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
@@ -73,6 +81,7 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 target,
+                tls,
                 connect_timeout,
                 idle_timeout,
                 max_idle,
@@ -148,36 +157,76 @@ impl Pool {
         found
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
+    /// Opens a connection (TCP, then TLS for an `https://` upstream) without sending
+    /// anything, for `check-config`: the negotiated TLS parameters, or `None` over plain
+    /// TCP.
+    pub async fn probe(&self) -> Result<Option<String>, SendError> {
+        match self.open().await? {
+            Stream::Plain(_) => Ok(None),
+            Stream::Tls(tls) => Ok(Some(Tls::describe(&tls))),
+        }
+    }
+
+    /// TCP connect and, for `https://`, the TLS handshake, together within
+    /// `connect_timeout`.
+    async fn open(&self) -> Result<Stream, SendError> {
         let connect = async {
             let stream = match &self.inner.target {
-                Target::Addr(addr) => TcpStream::connect(addr).await?,
-                Target::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
-            };
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Err(_) => {
-                return Err(SendError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {:?}", self.inner.connect_timeout),
-                )))
+                Target::Addr(addr) => TcpStream::connect(addr).await,
+                Target::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+            }
+            .map_err(SendError::Connect)?;
+            stream.set_nodelay(true).map_err(SendError::Connect)?;
+            match &self.inner.tls {
+                None => Ok(Stream::Plain(stream)),
+                Some(tls) => match tls.handshake(stream).await {
+                    Ok(s) => Ok(Stream::Tls(Box::new(s))),
+                    // A connection broken mid-handshake is like a failed connect: nothing
+                    // was sent, and another attempt may succeed.
+                    Err(HandshakeError::Io { source, .. }) => Err(SendError::Connect(
+                        std::io::Error::new(source.kind(), format!("TLS handshake: {source}")),
+                    )),
+                    Err(e) => Err(SendError::Tls(e)),
+                },
             }
         };
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Request)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.inner.connect_timeout),
+            ))),
+        }
     }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
+        match self.open().await? {
+            Stream::Plain(tcp) => handshake(TokioIo::new(tcp)).await,
+            Stream::Tls(tls) => handshake(TokioIo::new(*tls)).await,
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// HTTP/1.1 on an open connection; the connection is driven by a task of this thread.
+async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Body>, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(SendError::Request)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 impl Inner {

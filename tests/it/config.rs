@@ -139,3 +139,82 @@ async fn s3_storage_on_moto_is_accepted_and_proxy_serves() {
         proxy.stderr()
     );
 }
+
+/// The rows of the "Errors" table in docs/configuration.md: (file, exit, message).
+fn documented_errors() -> Vec<(String, i32, String)> {
+    let doc = std::fs::read_to_string(crate::harness::repo_root().join("docs/configuration.md"))
+        .expect("read docs/configuration.md");
+    let section = doc
+        .split("\n## Errors\n")
+        .nth(1)
+        .expect("docs/configuration.md has an Errors section");
+    let spans = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for line in section
+        .lines()
+        .skip_while(|l| !l.starts_with("| file |"))
+        .skip(2)
+    {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+        assert_eq!(cells.len(), 3, "row {line:?}");
+        let file = spans(cells[0]).join("\n");
+        let exit = cells[1].trim().parse().expect("exit status");
+        let message = spans(cells[2]).concat();
+        assert!(!message.is_empty(), "row {line:?} names no message");
+        rows.push((file, exit, message));
+    }
+    assert!(rows.len() >= 5, "too few rows found: {rows:?}");
+    rows
+}
+
+#[test]
+fn documented_config_errors_exit_64_with_their_message() {
+    for (file, exit, message) in documented_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy.toml");
+        // Listeners that cannot collide with anything: the file must fail before them.
+        let text = format!(
+            "{file}\nserver.listen = \"127.0.0.1:{}\"\nserver.admin_listen = \"\"\n",
+            free_port()
+        );
+        std::fs::write(&path, text).expect("write config");
+        for command in ["serve", "check-config"] {
+            let out = run_to_exit(dir.path(), &[command, "-c", "proxy.toml"], &[]);
+            assert_eq!(
+                out.code,
+                Some(exit),
+                "{command} with {file:?}:\n{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains("calattach: configuration error: ")
+                    && out.stderr.contains(&message),
+                "{command} with {file:?}: stderr lacks {message:?}:\n{}",
+                out.stderr
+            );
+            assert!(
+                !out.stdout.contains(": ok"),
+                "{command} with {file:?} reported ok:\n{}",
+                out.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn healthcheck_without_its_config_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_to_exit(dir.path(), &["healthcheck", "-c", "missing.toml"], &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
+}

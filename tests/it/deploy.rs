@@ -153,7 +153,7 @@ fn check_config_uses_the_gc_credential_to_find_a_prefix_that_is_a_user_home() {
 }
 
 #[test]
-fn check_config_fails_when_the_storage_directory_cannot_be_written() {
+fn check_config_exits_64_when_the_storage_directory_cannot_be_created() {
     let up = Upstream::radicale();
     let dir = tempfile::tempdir().expect("tempdir");
     // A regular file where the storage directory should be: nothing can be created
@@ -167,10 +167,16 @@ fn check_config_fails_when_the_storage_directory_cannot_be_written() {
     );
     let (_cfg_dir, path) = config_file(&base_config(&up.origin(), &storage, ""));
     let out = check_config(dir.path(), &path);
-    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    // `serve` would refuse to start: a configuration error, as in `serve`.
+    assert_eq!(out.code, Some(64), "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("FAIL") && out.stdout.contains("storage directory"),
-        "the failure must name the storage directory:\n{}",
+        out.stderr.contains("storage.url") && out.stderr.contains("storage directory"),
+        "the error must name storage.url and the directory:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains(": ok"),
+        "nothing is reported ok:\n{}",
         out.stdout
     );
 }

@@ -20,6 +20,7 @@ mod faults;
 mod gc;
 mod group_commit;
 mod hardening;
+mod https;
 mod internal_answers;
 mod limits;
 mod logs;

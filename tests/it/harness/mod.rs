@@ -12,6 +12,7 @@
 //! - [`raw`]: hand-written TCP upstreams for what no real server can show
 //!   (refusing, hanging, streaming gates, a 1 GiB sink).
 //! - [`http`]: a small client (hyper-util's pooled client) with Basic auth.
+//! - [`tls`]: a throw-away CA (rcgen) and a TLS terminator in front of an upstream.
 //!
 //! Every process runs under `scripts/lifeline.py` in its own process group:
 //! guards kill the group on drop (also when a test panics), and the lifeline
@@ -32,6 +33,7 @@ pub mod process;
 pub mod raw;
 pub mod s3;
 pub mod seaweedfs;
+pub mod tls;
 pub mod upstream;
 
 pub use calattach::{Calattach, Storage};
