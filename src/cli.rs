@@ -336,7 +336,7 @@ async fn dav_root(state: &crate::state::State) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let redirect = resp.status().is_redirection();
-    crate::proxy::caller::drain(resp).await;
+    crate::upstream::caller::drain(resp).await;
     let path = crate::identity::same_upstream_path(&state.upstream, &location?)?;
     redirect.then_some(path)
 }
@@ -365,7 +365,7 @@ async fn probe_path(
     let resp = state.upstream.send(req).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    crate::proxy::caller::drain(resp).await;
+    crate::upstream::caller::drain(resp).await;
     Ok((status, headers))
 }
 
@@ -409,7 +409,7 @@ async fn check_prefix(state: &crate::state::State) -> bool {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
-        crate::proxy::caller::drain(resp).await;
+        crate::upstream::caller::drain(resp).await;
         Ok::<_, crate::error::Error>((status, html))
     };
     match probe.await {

@@ -76,7 +76,7 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
     };
     let now = Utc::now();
     let service = service_caller(state);
-    let base = crate::proxy::origin::url_base(&state.upstream, &state.config.attachments.prefix);
+    let base = crate::upstream::origin::url_base(&state.upstream, &state.config.attachments.prefix);
 
     let ids: Vec<AttachmentId> = match state.store.list_ids().try_collect().await {
         Ok(ids) => ids,

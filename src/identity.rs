@@ -36,8 +36,8 @@ use sha2::{Digest, Sha256};
 use crate::body::Body;
 use crate::config::IdentityConfig;
 use crate::error::Error;
-use crate::proxy::caller::Caller;
-use crate::proxy::Upstream;
+use crate::upstream::caller::Caller;
+use crate::upstream::Upstream;
 
 const DAV: &[u8] = b"DAV:";
 const CALDAV: &[u8] = b"urn:ietf:params:xml:ns:caldav";
@@ -397,7 +397,7 @@ async fn propfind(
         return Ok(Answer::Refused(upstream.relay_response(resp)));
     }
     if status != StatusCode::MULTI_STATUS {
-        crate::proxy::caller::drain(resp).await;
+        crate::upstream::caller::drain(resp).await;
         return Ok(Answer::Other(status));
     }
     let xml = resp
@@ -413,7 +413,7 @@ async fn propfind(
         })
         .is_none_or(|m| m == "application/xml" || m == "text/xml" || m.ends_with("+xml"));
     if !xml {
-        crate::proxy::caller::drain(resp).await;
+        crate::upstream::caller::drain(resp).await;
         return Err(unusable(path, status, ": not an XML body"));
     }
     let bytes = match Limited::new(resp.into_body(), MAX_RESPONSE).collect().await {
@@ -544,7 +544,7 @@ pub async fn ask_principal(
     upstream: &Upstream,
     caller: &Caller,
     path: &str,
-) -> Result<crate::proxy::UpstreamResponse, Error> {
+) -> Result<crate::upstream::UpstreamResponse, Error> {
     let xml = bytes::Bytes::from(propfind_body("<D:current-user-principal/>"));
     send_propfind(upstream, caller, path, xml).await
 }
@@ -562,7 +562,7 @@ async fn send_propfind(
     caller: &Caller,
     path: &str,
     xml: bytes::Bytes,
-) -> Result<crate::proxy::UpstreamResponse, Error> {
+) -> Result<crate::upstream::UpstreamResponse, Error> {
     let depth = Some(HeaderValue::from_static("0"));
     let resp = caller
         .propfind(upstream, path, depth.clone(), xml.clone())
@@ -578,7 +578,7 @@ async fn send_propfind(
     let Some(target) = target else {
         return Ok(resp);
     };
-    crate::proxy::caller::drain(resp).await;
+    crate::upstream::caller::drain(resp).await;
     caller.propfind(upstream, &target, depth, xml).await
 }
 

@@ -23,9 +23,9 @@ use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::options;
-use crate::proxy::Upstream;
 use crate::router::{self, Route};
 use crate::state::State;
+use crate::upstream::Upstream;
 
 /// Runs both listeners until SIGTERM/SIGINT, then drains in-flight requests for at most
 /// `server.shutdown_grace`.
@@ -353,7 +353,7 @@ pub async fn handle(
             })
         }
         Route::Attach => Box::pin(attach::post::handle(req, state)).await,
-        Route::Download => Box::pin(attach::get::handle(req, state)).await,
+        Route::Download => Box::pin(attach::download::handle(req, state)).await,
         Route::Page => Box::pin(crate::web::handle(req, state)).await,
         Route::Guard => Box::pin(attach::guard::handle(req, state, peer)).await,
         Route::Props => Box::pin(crate::props::http::handle(req, state, peer)).await,

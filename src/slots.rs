@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
-use crate::proxy::caller::Caller;
+use crate::upstream::caller::Caller;
 
 /// Shared by every worker thread.
 pub struct UploadSlots {

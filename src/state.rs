@@ -7,9 +7,9 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::Error;
 use crate::identity::IdentityCache;
-use crate::proxy::Upstream;
 use crate::slots::UploadSlots;
 use crate::store::Store;
+use crate::upstream::Upstream;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct State {

@@ -6,7 +6,7 @@
 
 use http::HeaderMap;
 
-pub use crate::proxy::caller::Validators;
+pub use crate::upstream::caller::Validators;
 
 /// Whether the request carries any precondition; a conditional POST is never retried
 /// over a version the client did not see.

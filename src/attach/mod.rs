@@ -4,17 +4,17 @@
 pub mod access;
 pub mod commit;
 pub mod conditional;
+pub mod download;
 pub mod edit;
-pub mod get;
 pub mod guard;
 pub mod params;
 pub mod post;
 pub mod scan;
 
-pub use crate::proxy::caller::{
+pub use crate::upstream::caller::{
     drain, fetch_object, validators, Caller, Fetched, Object, Validators,
 };
-pub use crate::proxy::origin::{attachment_url, url_base};
+pub use crate::upstream::origin::{attachment_url, url_base};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -77,7 +77,7 @@ pub async fn challenge_for(state: &crate::state::State, path: &str) -> Vec<Heade
     let prefix = &state.config.attachments.prefix;
     let mut candidates = Vec::new();
     if crate::router::under_prefix(path, prefix) {
-        candidates.push(get::dav_resource(None));
+        candidates.push(download::dav_resource(None));
     } else {
         candidates.push(path.to_owned());
         let collection = crate::identity::parent_collection(path);

@@ -178,7 +178,7 @@ async fn upstream_refusal(
         )
         .await?;
     if resp.status() == StatusCode::MULTI_STATUS {
-        crate::proxy::caller::drain(resp).await;
+        crate::upstream::caller::drain(resp).await;
         return Ok(None);
     }
     Ok(Some(state.upstream.relay_response(resp)))
@@ -199,7 +199,7 @@ async fn send(
     prefix: Prefix,
     state: &State,
     peer: SocketAddr,
-) -> Result<crate::proxy::UpstreamResponse, Error> {
+) -> Result<crate::upstream::UpstreamResponse, Error> {
     let mut req = Request::from_parts(parts, prefix.into_body());
     state.upstream.prepare_request(&mut req, peer)?;
     state.upstream.send(req).await

@@ -73,7 +73,7 @@ fn etags() -> &'static [String] {
 /// a download path like any other.
 pub async fn handle(req: Request<Incoming>, state: &State) -> Result<Response<Body>, Error> {
     if !state.config.attachments.web_page {
-        return crate::attach::get::handle(req, state).await;
+        return crate::attach::download::handle(req, state).await;
     }
     let prefix = state.config.attachments.prefix.as_str();
     let path = req.uri().path();

@@ -179,7 +179,7 @@ async fn ask_dav(
     state: &State,
     caller: &Caller,
     meta: Option<&Meta>,
-) -> Result<crate::proxy::UpstreamResponse, Error> {
+) -> Result<crate::upstream::UpstreamResponse, Error> {
     ask_principal(&state.upstream, caller, &dav_resource(meta)).await
 }
 
