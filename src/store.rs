@@ -627,11 +627,11 @@ impl Store {
     /// Streams `body` into `blobs/<id>`, counting and hashing as it goes.
     ///
     /// * Local disk: the body goes to a staging file `blobs/<id>#0` as it arrives, in
-    ///   [`LOCAL_WRITE_CHUNK`] writes with one write in flight (at most two chunks in
+    ///   `LOCAL_WRITE_CHUNK` writes with one write in flight (at most two chunks in
     ///   memory per upload), then `fsync` and rename to `blobs/<id>`.
     /// * S3 (and memory): a body up to one part (`storage.part_size`) is buffered and
     ///   written with a single put; a larger one becomes a multipart upload with up to
-    ///   [`PARTS_IN_FLIGHT`] parts uploading while the next fills. Every part buffer is
+    ///   `PARTS_IN_FLIGHT` parts uploading while the next fills. Every part buffer is
     ///   reserved from the store's upload-buffer budget (`storage.upload_buffer`): the
     ///   first one before the body is read (waiting up to [`UPLOAD_BUFFER_WAIT`], else
     ///   [`PutBlobError::Busy`]), further ones only when free, so an upload that finds

@@ -69,7 +69,7 @@ pub fn refuse_cross_site(
 /// The upstream's own `WWW-Authenticate` challenges (RFC 9110 §11.6.1) for a `401`
 /// calattach answers itself about `path`: learned by asking the upstream without
 /// credentials about the resource the request addresses (its collection when the object
-/// is missing; for a download, the resource [`get`] checks downloads against) — never
+/// is missing; for a download, the resource [`download`] checks downloads against) — never
 /// `/`, which need not be the DAV server (Baïkal's is `/dav.php/`). When the upstream
 /// names none, `Basic realm="calattach"`.
 pub async fn challenge_for(state: &crate::state::State, path: &str) -> Vec<HeaderValue> {
