@@ -168,6 +168,7 @@ pub struct RawAttachments {
     pub download: Option<String>,
     pub max_concurrent_uploads: Option<i64>,
     pub web_page: Option<bool>,
+    pub convert_inline: Option<bool>,
     pub max_concurrent_uploads_per_user: Option<i64>,
     pub max_rids: Option<i64>,
     pub max_recurrence_lines: Option<i64>,
@@ -343,6 +344,9 @@ pub struct AttachmentsConfig {
     pub max_concurrent_uploads: usize,
     /// Serve the attachment web page at `<prefix>/` (src/web).
     pub web_page: bool,
+    /// Turn inline binary `ATTACH` values of PUT calendar objects into managed
+    /// attachments (`attach::guard`).
+    pub convert_inline: bool,
     /// Of those, uploads one user may have in progress at once.
     pub max_concurrent_uploads_per_user: usize,
     /// Most `rid` items in one request (RFC 8607 §7).
@@ -599,6 +603,7 @@ impl Config {
             )?,
             no_recurrence: a.no_recurrence.unwrap_or(false),
             web_page: a.web_page.unwrap_or(true),
+            convert_inline: a.convert_inline.unwrap_or(false),
             max_concurrent_uploads,
             max_concurrent_uploads_per_user,
             max_rids: usize_of(
@@ -1056,6 +1061,7 @@ mod tests {
             "max_overrides",
             "no_recurrence",
             "commit_deadline",
+            "convert_inline",
             "download",
             "web_page",
             "address_template",

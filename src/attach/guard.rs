@@ -196,6 +196,31 @@ impl<'a> Landing<'a> {
         }))
     }
 
+    /// Converts the inline binary attachments of `cal` (module `inline`), unless the
+    /// target is an attendee's copy or the caller is anonymous: those stay as sent.
+    async fn convert_inline(&self, cal: &Calendar) -> Result<Option<(Vec<u8>, Vec<Meta>)>, Error> {
+        let Some(identity) = self.identity.as_deref() else {
+            return Ok(None);
+        };
+        let owner =
+            access::owner_addresses(self.state, &self.caller, Some(identity), &self.target).await?;
+        if access::is_attendee_copy(cal, &owner) {
+            return Ok(None);
+        }
+        let creator = self.caller.user.clone().unwrap_or_default();
+        super::inline::convert(self.state, &creator, cal, &self.target).await
+    }
+
+    /// Takes attachments stored for this write (converted inline values) as introduced
+    /// ids calattach knows, still pending.
+    fn adopt(&mut self, metas: &[Meta]) {
+        for m in metas {
+            let id = m.id.as_str().to_owned();
+            self.new_ids.insert(id.clone());
+            self.known.insert(id, (m.clone(), AttState::Pending));
+        }
+    }
+
     /// Ids the write introduces: absent from the object at the target now.
     fn introduced(&self) -> Vec<String> {
         self.new_ids.difference(&self.old_ids).cloned().collect()
@@ -385,12 +410,16 @@ async fn put(
             return put_streamed(state, parts, head, rest, tracked, peer).await
         }
     };
-    let cal = Calendar::parse(&bytes).ok();
+    let mut cal = Calendar::parse(&bytes).ok();
     let scan = references(&base, &bytes, cal.as_ref());
     if scan.unreadable {
         return Err(unreadable(&path));
     }
-    if tracked.is_empty() && scan.ids.is_empty() {
+    let inline = cfg.convert_inline
+        && cal
+            .as_ref()
+            .is_some_and(|c| !c.inline_attaches().is_empty());
+    if tracked.is_empty() && scan.ids.is_empty() && !inline {
         // Nothing managed before or after: byte for byte.
         return put_plain(state, parts, bytes, peer).await;
     }
@@ -403,17 +432,39 @@ async fn put(
         .check(scan.uid.as_deref(), scan.organizer.as_deref())
         .await?;
 
+    // Inline binary attachments become managed ones (`attachments.convert_inline`),
+    // stored as the caller's attachment-adds with this object as their home.
+    let mut bytes = bytes;
+    let mut converted = Vec::new();
+    if let (true, Some(c)) = (inline, cal.as_ref()) {
+        if let Some((new, metas)) = landing.convert_inline(c).await? {
+            bytes = Bytes::from(new);
+            cal = Calendar::parse(&bytes).ok();
+            landing.adopt(&metas);
+            converted = metas;
+        }
+    }
+
     // Server-authoritative parameters and URIs (RFC 8607 §3.7), when the body can be
     // edited; a body the strict parser refuses goes as sent (it was checked above).
     let restored = match &cal {
         Some(cal) => restore(state, cal, &base, &landing.known, &path),
         None => None,
     };
-    let changed = restored.is_some();
+    // A body that differs from what the client sent is answered without an ETag
+    // (RFC 4791 §5.3.4), so the client reads it back.
+    let changed = restored.is_some() || !converted.is_empty();
     let final_bytes = restored.map(Bytes::from).unwrap_or(bytes);
 
-    let organizer_side = landing.organizer_side(cal.as_ref()).await?;
-    landing.index(organizer_side).await?;
+    let indexed = match landing.organizer_side(cal.as_ref()).await {
+        Ok(organizer_side) => landing.index(organizer_side).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = indexed {
+        landing.roll_back().await;
+        super::inline::discard(state, &converted).await;
+        return Err(e);
+    }
 
     let prefer = super::params::wants_representation(&parts.headers);
     let body = full_body(&mut parts, final_bytes);
@@ -429,6 +480,7 @@ async fn put(
     let status = resp.status();
     if !status.is_success() {
         landing.roll_back().await;
+        super::inline::discard(state, &converted).await;
         return Ok(state.upstream.relay_response(resp));
     }
     landing.settle(cal.as_ref()).await;

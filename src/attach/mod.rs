@@ -7,6 +7,7 @@ pub mod conditional;
 pub mod download;
 pub mod edit;
 pub mod guard;
+pub mod inline;
 pub mod params;
 pub mod post;
 pub mod scan;

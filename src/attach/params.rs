@@ -128,11 +128,17 @@ pub fn parse_query(
 /// `FMTTYPE` from `Content-Type`: `type/subtype` only, lower-cased, parameters such as
 /// `charset` dropped; `application/octet-stream` when absent or unusable.
 pub fn media_type(headers: &HeaderMap) -> String {
+    media_type_of(
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// [`media_type`] of a `Content-Type` or `FMTTYPE` value.
+pub fn media_type_of(value: Option<&str>) -> String {
     const DEFAULT: &str = "application/octet-stream";
-    let Some(v) = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(v) = value else {
         return DEFAULT.to_owned();
     };
     let essence = v

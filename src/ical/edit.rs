@@ -209,6 +209,22 @@ pub fn restore_params(
     Ok((!patch.ops.is_empty()).then(|| patch.render()))
 }
 
+/// Replaces inline binary `ATTACH` lines ([`Calendar::inline_attaches`]) by managed
+/// ones: each `(line, attach)` gets `attach`'s URI and parameters; the line's other
+/// parameters are kept, except `VALUE`, `ENCODING` and `X-…-FILENAME`, which described
+/// the inline value. Every other byte stays as it was.
+pub fn replace_inline(cal: &Calendar, lines: &[(usize, NewAttach)]) -> Result<Vec<u8>, EditError> {
+    let mut patch = Patch::new(cal);
+    for (line, a) in lines {
+        let keep: Vec<Param> = param::parse_params(cal.prop(*line).params)
+            .into_iter()
+            .filter(|p| !p.name.to_ascii_uppercase().ends_with("-FILENAME"))
+            .collect();
+        patch.replace(*line, attach_line(a, None, &keep, cal.eol())?);
+    }
+    Ok(patch.render())
+}
+
 /// Direct `ATTACH` lines of component `c` with `MANAGED-ID` = `id`.
 fn managed_lines(cal: &Calendar, c: usize, id: &str) -> Vec<usize> {
     cal.direct_props(c)

@@ -89,6 +89,20 @@ pub struct AttachRef {
     pub line: usize,
 }
 
+/// An inline binary `ATTACH` of a scheduling component ([`Calendar::inline_attaches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineAttach {
+    /// Opaque position of the line, stable for this [`Calendar`] only.
+    pub line: usize,
+    /// `RECURRENCE-ID` value text of its component (`None` for the master).
+    pub rid: Option<String>,
+    pub fmttype: Option<String>,
+    /// `FILENAME`, or an `X-…-FILENAME` parameter.
+    pub filename: Option<String>,
+    /// The base64 text as written (unfolded).
+    pub value: String,
+}
+
 /// Parameters of an `ATTACH` property written by this engine (RFC 8607 §3.4 2.C).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAttach {
@@ -278,6 +292,48 @@ impl Calendar {
                 if let Some(id) = p.param("MANAGED-ID") {
                     out.push((i, id, p.value.to_string()));
                 }
+            }
+        }
+        out
+    }
+
+    /// Every inline binary `ATTACH` (`VALUE=BINARY;ENCODING=BASE64`, RFC 5545 §3.8.1.1)
+    /// directly in a scheduling component, in document order.
+    pub fn inline_attaches(&self) -> Vec<InlineAttach> {
+        let mut out = Vec::new();
+        for c in self.scheduling() {
+            for l in self.direct_props(c) {
+                let p = self.prop(l);
+                if !p.is("ATTACH") {
+                    continue;
+                }
+                let params = param::parse_params(p.params);
+                let get = |n: &str| {
+                    params
+                        .iter()
+                        .find(|x| x.name.eq_ignore_ascii_case(n))
+                        .map(param::Param::value)
+                };
+                let binary = get("VALUE").is_some_and(|v| v.eq_ignore_ascii_case("BINARY"))
+                    && get("ENCODING").is_some_and(|v| v.eq_ignore_ascii_case("BASE64"));
+                if !binary {
+                    continue;
+                }
+                // FILENAME (RFC 8607 §4.2), else the X-…-FILENAME parameters clients
+                // use for inline values (X-FILENAME, X-LIC-FILENAME, X-APPLE-FILENAME).
+                let filename = get("FILENAME").or_else(|| {
+                    params
+                        .iter()
+                        .find(|x| x.name.to_ascii_uppercase().ends_with("-FILENAME"))
+                        .map(param::Param::value)
+                });
+                out.push(InlineAttach {
+                    line: l,
+                    rid: self.rid_of(c).map(str::to_string),
+                    fmttype: get("FMTTYPE"),
+                    filename,
+                    value: p.value.to_string(),
+                });
             }
         }
         out

@@ -21,6 +21,7 @@ mod gc;
 mod group_commit;
 mod hardening;
 mod https;
+mod inline;
 mod internal_answers;
 mod limits;
 mod logs;
