@@ -56,6 +56,21 @@ pub enum Command {
     /// Add, update, remove, list or download managed attachments (RFC 8607) on any
     /// server that supports them.
     Attach(crate::client::AttachArgs),
+    /// Turn inline binary attachments already stored upstream into managed ones, with
+    /// the service account of `[gc]` (objects changed meanwhile are read again, never
+    /// overwritten; a re-run resumes an interrupted one).
+    Migrate {
+        /// Configuration file (TOML; see proxy.toml.example).
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// A calendar to convert (URL or path; repeatable). Default: every calendar in
+        /// the service account's calendar homes.
+        #[arg(long, value_name = "URL")]
+        calendar: Vec<String>,
+        /// Count what would be converted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete tombstones past retention and pending attachments proven unreferenced.
     Gc {
         /// Configuration file (TOML; see proxy.toml.example).
@@ -111,6 +126,17 @@ pub fn run(cli: Cli) -> ExitCode {
                 },
             };
             runtime().block_on(gc(cfg, dry_run, retention))
+        }
+        Command::Migrate {
+            config,
+            calendar,
+            dry_run,
+        } => {
+            let Some(cfg) = load(&config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            crate::logging::init(&cfg.log);
+            runtime().block_on(migrate(cfg, calendar, dry_run))
         }
         Command::Healthcheck { config, address } => healthcheck(&config, address),
         Command::Attach(args) => crate::client::run(args),
@@ -198,6 +224,49 @@ async fn gc(cfg: Config, dry_run: bool, retention: std::time::Duration) -> ExitC
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+async fn migrate(cfg: Config, calendars: Vec<String>, dry_run: bool) -> ExitCode {
+    let state = match crate::state::State::new(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("calattach: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // A calendar may be named by its URL (through calattach or upstream) or its path.
+    let paths: Vec<String> = calendars
+        .iter()
+        .map(|c| match url::Url::parse(c) {
+            Ok(u) => u.path().to_owned(),
+            Err(_) => c.clone(),
+        })
+        .collect();
+    let mut print = |line: String| println!("{line}");
+    match crate::attach::migrate::run(&state, &paths, dry_run, &mut print).await {
+        Ok(r) => {
+            println!(
+                "migrate{}: {} objects read, {} {}converted, {} attachments ({} bytes) {}moved out of the calendars; {} errors",
+                if dry_run { " (dry run)" } else { "" },
+                r.objects,
+                r.converted,
+                if dry_run { "to be " } else { "" },
+                r.attachments,
+                r.bytes,
+                if dry_run { "to be " } else { "" },
+                r.errors
+            );
+            if r.errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("calattach: migrate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -371,11 +440,7 @@ async fn probe_path(
 
 /// `Basic` of the gc service credential, when configured.
 fn gc_authorization(state: &crate::state::State) -> Option<http::HeaderValue> {
-    use base64::Engine;
-    let user = state.config.gc.username.as_ref()?;
-    let pw = state.config.gc.password.as_deref().unwrap_or("");
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
-    http::HeaderValue::from_str(&format!("Basic {token}")).ok()
+    crate::gc::service_caller(state).and_then(|c| c.authorization().cloned())
 }
 
 /// calattach answers everything under `attachments.prefix` itself, so whatever the

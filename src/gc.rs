@@ -520,7 +520,7 @@ async fn proof(state: &State, caller: &Caller, href: &str, id: &AttachmentId, ba
 }
 
 /// The service credential from `[gc]`, as a caller.
-fn service_caller(state: &State) -> Option<Caller> {
+pub fn service_caller(state: &State) -> Option<Caller> {
     let gc = &state.config.gc;
     let user = gc.username.as_deref()?;
     let password = gc.password.as_deref().unwrap_or("");

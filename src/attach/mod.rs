@@ -8,6 +8,7 @@ pub mod download;
 pub mod edit;
 pub mod guard;
 pub mod inline;
+pub mod migrate;
 pub mod params;
 pub mod post;
 pub mod scan;

@@ -153,3 +153,100 @@ async fn an_inline_value_over_the_limit_refuses_the_put(kind: Kind) {
     );
 }
 on_each!(an_inline_value_over_the_limit_refuses_the_put: an_inline_attachment_over_the_size_limit_refuses_the_put_and_stores_nothing);
+
+// === calattach migrate ===
+
+fn migrate(env: &Env, extra: &[&str]) -> crate::harness::calattach::Exit {
+    let config = env.proxy.dir().join("proxy.toml");
+    let mut args = vec!["migrate", "-c", config.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let exit = crate::harness::calattach::run_to_exit(env.proxy.dir(), &args, &[]);
+    assert_eq!(
+        exit.code,
+        Some(0),
+        "migrate {extra:?}\nstdout:\n{}\nstderr:\n{}",
+        exit.stdout,
+        exit.stderr
+    );
+    exit
+}
+
+/// Events stored upstream before calattach (one with inline values, one without):
+/// `--dry-run` changes nothing; a run converts the inline values once, each downloads
+/// its original bytes; a second run finds nothing left to do.
+async fn migrate_converts_existing_inline_attachments_once(kind: Kind) {
+    let gc = format!(
+        "[gc]\nusername = \"user1\"\npassword = \"{}\"\n",
+        crate::harness::upstream::password("user1")
+    );
+    let env = Env::start(kind, Backend::Local, &gc).await;
+    let uid = unique("inline");
+    let href = format!("{}{uid}.ics", env.cal);
+    env.up
+        .put_event("user1", &href, &event_with_inline(&uid))
+        .await;
+    let plain = env.new_event().await;
+    let (plain_before, _) = env.object(&plain).await;
+    let cal = env.cal.clone();
+
+    let dry = migrate(&env, &["--calendar", &cal, "--dry-run"]);
+    assert!(
+        dry.stdout
+            .contains(&format!("would convert {href}: 2 inline attachments")),
+        "{}",
+        dry.stdout
+    );
+    let (ics, _) = env.object(&href).await;
+    assert!(
+        ics.to_ascii_uppercase().contains("ENCODING=BASE64"),
+        "dry run changed the object"
+    );
+    assert!(
+        env.blob_keys().is_empty(),
+        "dry run stored {:?}",
+        env.blob_keys()
+    );
+
+    let run = migrate(&env, &["--calendar", &env.proxy.url(&cal)]);
+    assert!(
+        run.stdout.contains("1 converted, 2 attachments"),
+        "{}",
+        run.stdout
+    );
+    let (ics, _) = env.object(&href).await;
+    assert!(
+        !ics.to_ascii_uppercase().contains("ENCODING=BASE64"),
+        "{}:\n{ics}",
+        env.name()
+    );
+    let a = master(&ics)
+        .attaches()
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    let b = override_at(&ics, "20250602T100000Z")
+        .expect("override")
+        .attaches()
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(env.download(&a[0].value).await.body.as_ref(), AGENDA);
+    assert_eq!(
+        env.download(&b[0].value).await.body.as_ref(),
+        slides().as_slice()
+    );
+    let (plain_after, _) = env.object(&plain).await;
+    assert_eq!(
+        plain_after, plain_before,
+        "an object without inline values changed"
+    );
+
+    let again = migrate(&env, &["--calendar", &cal]);
+    assert!(
+        again.stdout.contains("0 converted, 0 attachments"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(env.blob_keys().len(), 2, "{}", env.name());
+}
+on_each!(migrate_converts_existing_inline_attachments_once: migrate_converts_existing_inline_attachments_once);
