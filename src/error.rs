@@ -100,6 +100,10 @@ pub enum Error {
     MethodNotAllowed { allow: &'static str },
     #[error("forbidden")]
     Forbidden,
+    /// `415`: a body the guard cannot read as it would reach the upstream (a compressed
+    /// body, a charset other than UTF-8); nothing was sent.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
     /// `403` with `DAV:need-privileges` naming `DAV:read` on `href` (RFC 3744 §7.1.1,
     /// which RFC 4791 §1.3 requires CalDAV servers to support): a refused download.
     #[error("no read access to {href}")]
@@ -235,6 +239,7 @@ impl Error {
             Error::Precondition(..) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Forbidden | Error::NeedRead { .. } | Error::CrossSite(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -282,6 +287,7 @@ impl Error {
             ),
             Error::Unauthorized { message: msg, .. }
             | Error::BadRequest(msg)
+            | Error::UnsupportedMediaType(msg)
             | Error::Conflict(msg) => ("text/plain; charset=utf-8", format!("{msg}\n")),
             Error::CrossSite(_) => (
                 "text/plain; charset=utf-8",

@@ -159,6 +159,46 @@ pub async fn run(state: &State, opts: &Options, mut say: impl FnMut(String)) -> 
                         ));
                     }
                     Proof::Unreferenced => {
+                        // The marked object dropped it; the id itself goes only when
+                        // nothing else keeps it alive (the rule of attach::access::release):
+                        // a POST on an object that is not the id's home never removes the
+                        // attachment its home still holds.
+                        let meta = match state.store.state(&id).await {
+                            Ok(Some((meta, _))) => meta,
+                            _ => continue,
+                        };
+                        let elsewhere = match state.store.held_elsewhere(&meta, &href).await {
+                            Ok(h) => h,
+                            Err(e) => {
+                                report.errors += 1;
+                                say(format!("error releasing {}: {e}", id.as_str()));
+                                continue;
+                            }
+                        };
+                        if elsewhere {
+                            let unmark = async {
+                                state.store.remove_ref(&href, &id).await?;
+                                state.store.remove_holder(&id, &href).await?;
+                                state.store.clear_releasing(&id).await
+                            };
+                            if change(
+                                opts.dry_run,
+                                unmark,
+                                "clearing marker",
+                                &id,
+                                &mut say,
+                                &mut report.errors,
+                            )
+                            .await
+                            {
+                                say(format!(
+                                    "{} releasing {}: dropped by {href}, still held by its home or the creator's objects",
+                                    verb("kept", "would keep"),
+                                    id.as_str()
+                                ));
+                            }
+                            continue;
+                        }
                         let tombstone = async {
                             state.store.mark_removed(&id, "released").await?;
                             state.store.clear_releasing(&id).await

@@ -56,6 +56,7 @@ pub fn route(method: &Method, uri: &Uri, prefix: &str) -> Route {
     }
     match *method {
         Method::POST if has_action(uri.query()) => Route::Attach,
+        Method::POST => Route::Guard,
         Method::OPTIONS => Route::Options,
         // Every PUT, also to a collection path (Radicale imports the calendar it
         // carries): the guard scans whatever can put iCalendar upstream (DESIGN §5).
@@ -117,8 +118,8 @@ mod tests {
     fn post_with_action_is_owned_and_post_without_is_forwarded() {
         assert_eq!(r("POST", "/u/c/e.ics?action=attachment-add"), Route::Attach);
         assert_eq!(r("POST", "/u/c/e.ics?rid=M&action=bogus"), Route::Attach);
-        assert_eq!(r("POST", "/u/c/e.ics"), Route::Forward);
-        assert_eq!(r("POST", "/u/c/e.ics?actions=x"), Route::Forward);
+        assert_eq!(r("POST", "/u/c/e.ics"), Route::Guard);
+        assert_eq!(r("POST", "/u/c/e.ics?actions=x"), Route::Guard);
         assert_eq!(r("GET", "/u/c/e.ics?action=attachment-add"), Route::Forward);
     }
 

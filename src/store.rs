@@ -1800,6 +1800,21 @@ impl Store {
     }
 
     /// Records that the object `href` holds `id` (idempotent: the first marker stands).
+    /// Whether something other than `href` keeps the id of `meta` alive (DESIGN §5): its
+    /// home object (`meta.href`, when that is not `href`) still references it, or
+    /// another organizer-side holder does (the creator's reuse, RFC 8607 §3.7).
+    /// Attendee copies do not: the organizer's removal must revoke access.
+    pub async fn held_elsewhere(&self, meta: &Meta, href: &str) -> Result<bool, StoreError> {
+        if meta.href != href && self.refs(&meta.href).await?.contains(&meta.id) {
+            return Ok(true);
+        }
+        Ok(self
+            .holders(&meta.id)
+            .await?
+            .iter()
+            .any(|h| h.href != href && h.href != meta.href && h.organizer_side))
+    }
+
     pub async fn add_holder(&self, id: &AttachmentId, holder: &Holder) -> Result<(), StoreError> {
         let body = serde_json::to_string(holder).unwrap_or_default();
         self.put_marker(&holder_path(id, &holder.href), body).await

@@ -275,7 +275,7 @@ pub async fn release(state: &State, meta: &Meta, href: &str, reason: &str) {
     if let Err(e) = state.store.remove_holder(id, href).await {
         tracing::warn!(id = %id.as_str(), error = %e, "removing holder failed");
     }
-    match held_elsewhere(state, meta, href).await {
+    match state.store.held_elsewhere(meta, href).await {
         Ok(true) => {}
         Ok(false) => match state.store.mark_removed(id, reason).await {
             Ok(()) => tracing::info!(id = %id.as_str(), %href, reason, "attachment tombstoned"),
@@ -286,22 +286,6 @@ pub async fn release(state: &State, meta: &Meta, href: &str, reason: &str) {
             tracing::warn!(id = %id.as_str(), error = %e, "cannot tell whether still referenced")
         }
     }
-}
-
-async fn held_elsewhere(
-    state: &State,
-    meta: &Meta,
-    href: &str,
-) -> Result<bool, crate::store::StoreError> {
-    if meta.href != href && state.store.refs(&meta.href).await?.contains(&meta.id) {
-        return Ok(true);
-    }
-    Ok(state
-        .store
-        .holders(&meta.id)
-        .await?
-        .iter()
-        .any(|h| h.href != href && h.href != meta.href && h.organizer_side))
 }
 
 #[cfg(test)]

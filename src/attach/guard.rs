@@ -61,7 +61,21 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     match req.method().as_str() {
-        "PUT" => put(req, state, peer).await,
+        // A POST without `action` adds a member to a collection (RFC 5995) or goes to a
+        // scheduling outbox: iCalendar reaches the upstream as with a PUT.
+        "PUT" => {
+            readable(req.headers())?;
+            put(req, state, peer).await
+        }
+        // Other POSTs (HTML forms of a server's web pages, say) are scanned as sent and
+        // need not be calendar data: only calendar data is held to the charset rule.
+        "POST" => {
+            if req.headers().get(header::CONTENT_TYPE).is_none() || is_calendar_type(req.headers())
+            {
+                readable(req.headers())?;
+            }
+            put(req, state, peer).await
+        }
         "DELETE" => delete(req, state, peer).await,
         "MOVE" | "COPY" => relocate(req, state, peer).await,
         _ => state.upstream.forward(req, peer).await,
@@ -69,6 +83,38 @@ pub async fn handle(
 }
 
 type ClientBody = IdleTimeout<Incoming>;
+
+/// The guard scans bodies as the upstream will read them; a body it cannot read that way
+/// is refused (`415`) before anything is sent: a `Content-Encoding` (the upstream may
+/// decompress it), or a charset other than UTF-8 (Radicale decodes with it, so UTF-7
+/// could spell `ATTACH` in bytes the scanner cannot see).
+fn readable(headers: &http::HeaderMap) -> Result<(), Error> {
+    if let Some(ce) = headers.get(header::CONTENT_ENCODING) {
+        let ce = ce.to_str().unwrap_or("?").trim();
+        if !ce.eq_ignore_ascii_case("identity") {
+            return Err(Error::UnsupportedMediaType(format!(
+                "content-encoding {ce:?}: calendar data is accepted uncompressed only"
+            )));
+        }
+    }
+    let charset = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(';').skip(1).find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("charset")
+                    .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+            })
+        });
+    match charset.as_deref() {
+        None | Some("utf-8") | Some("utf8") | Some("us-ascii") => Ok(()),
+        Some(other) => Err(Error::UnsupportedMediaType(format!(
+            "charset {other:?}: calendar data is accepted in UTF-8 only (RFC 5545 §3.1.4)"
+        ))),
+    }
+}
 
 /// The body read so far, or everything.
 enum Read {
@@ -101,8 +147,11 @@ fn full_body(parts: &mut Parts, bytes: Bytes) -> Body {
 }
 
 fn is_calendar(parts: &Parts) -> bool {
-    parts
-        .headers
+    is_calendar_type(&parts.headers)
+}
+
+fn is_calendar_type(headers: &http::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
@@ -165,6 +214,9 @@ struct Landing<'a> {
     /// Index entries this request created (and may roll back).
     created_refs: Vec<AttachmentId>,
     created_holders: Vec<AttachmentId>,
+    /// Introduced ids let in as an attendee's copy of their event (not by their
+    /// creator): their holder here is never organizer-side, whatever the body says.
+    via_copy: BTreeSet<String>,
 }
 
 impl<'a> Landing<'a> {
@@ -193,6 +245,7 @@ impl<'a> Landing<'a> {
             known,
             created_refs: Vec::new(),
             created_holders: Vec::new(),
+            via_copy: BTreeSet::new(),
         }))
     }
 
@@ -228,13 +281,20 @@ impl<'a> Landing<'a> {
 
     /// DESIGN §5: every introduced id must be one calattach issued, not removed, and
     /// introduced by its creator or into an attendee's copy of its home object.
-    async fn check(&self, uid: Option<&str>, organizer: Option<&str>) -> Result<(), Error> {
+    async fn check(&mut self, uid: Option<&str>, organizer: Option<&str>) -> Result<(), Error> {
         for id in self.introduced() {
             let reason = match self.known.get(&id) {
                 None => Some("unknown managed id"),
                 Some((_, AttState::Removed { .. })) => Some("removed attachment"),
                 Some((meta, _)) => {
                     let ok = self.may_introduce(meta, uid, organizer).await?;
+                    let creator = self
+                        .identity
+                        .as_deref()
+                        .is_some_and(|i| access::is_creator(i, &self.caller, meta));
+                    if ok && !creator {
+                        self.via_copy.insert(id.clone());
+                    }
                     (!ok).then_some("neither its creator nor an attendee's copy of its event")
                 }
             };
@@ -311,7 +371,7 @@ impl<'a> Landing<'a> {
             if !held.iter().any(|h| h.href == self.target) {
                 let holder = Holder {
                     href: self.target.clone(),
-                    organizer_side,
+                    organizer_side: organizer_side && !self.via_copy.contains(id.as_str()),
                 };
                 store.add_holder(&id, &holder).await.map_err(Error::from)?;
                 self.created_holders.push(id);
@@ -496,11 +556,12 @@ async fn put(
 }
 
 fn unreadable(path: &str) -> Error {
-    tracing::warn!(%path, "write refused: an ATTACH line's parameters are too long to read");
+    tracing::warn!(%path, "write refused: an ATTACH line cannot be read with certainty");
     Error::Precondition(
         Precondition::ValidManagedIdParameter,
         format!(
-            "{path}: an ATTACH line's parameters exceed {} octets",
+            "{path}: an ATTACH line cannot be read with certainty (parameters over {} octets, \
+             or a value in an encoding other than BASE64)",
             super::scan::MAX_LINE
         ),
     )
@@ -789,7 +850,7 @@ async fn relocate(
         .get("destination")
         .and_then(|v| v.to_str().ok())
         .map(destination_path);
-    let Some(dest) = dest.filter(|d| !d.ends_with('/')) else {
+    let Some(dest) = dest else {
         return state.upstream.forward(req, peer).await;
     };
     let base = super::url_base(&state.upstream, &state.config.attachments.prefix);

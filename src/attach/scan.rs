@@ -203,6 +203,16 @@ impl Scanner {
         let (section, value) = (&text[..colon], &text[colon + 1..]);
         let name_end = section.find(';').unwrap_or(section.len());
         for p in param::parse_params(&section[name_end..]) {
+            // A value in another encoding (quoted-printable, which some parsers decode)
+            // could hide a URI: only BASE64 (inline data) and 8BIT are iCalendar's.
+            if p.name.eq_ignore_ascii_case("ENCODING")
+                && !p
+                    .values
+                    .iter()
+                    .all(|v| v.eq_ignore_ascii_case("BASE64") || v.eq_ignore_ascii_case("8BIT"))
+            {
+                self.scan.unreadable = true;
+            }
             if p.name.eq_ignore_ascii_case("MANAGED-ID") {
                 let v = p.value();
                 if !v.is_empty() {
@@ -233,7 +243,12 @@ impl Scanner {
 }
 
 fn match_name(name: &[u8]) -> Keep {
+    // A `group.` prefix (vCard syntax some parsers accept and keep) names the same property.
     let name = name.trim_ascii();
+    let name = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) => &name[i + 1..],
+        None => name,
+    };
     if name.eq_ignore_ascii_case(b"ATTACH") {
         Keep::Attach
     } else if name.eq_ignore_ascii_case(b"UID") {
@@ -344,6 +359,21 @@ mod tests {
         );
         assert!(s.ids.is_empty(), "{s:?}");
         assert!(!s.unreadable);
+    }
+
+    #[test]
+    fn a_group_prefix_names_the_same_property() {
+        let s = Scanner::scan_all(BASE, body("g.ATTACH;MANAGED-ID=m6:https://e/x").as_bytes());
+        assert_eq!(ids(&s), ["m6"]);
+    }
+
+    #[test]
+    fn an_attach_in_another_encoding_is_unreadable() {
+        let s = Scanner::scan_all(
+            BASE,
+            body("ATTACH;ENCODING=QUOTED-PRINTABLE:http=3A=2F=2Fcal.example").as_bytes(),
+        );
+        assert!(s.unreadable);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod access;
 mod attach;
 mod attach_errors;
 mod attach_races;
+mod attacks;
 mod baikal;
 mod bodies;
 mod client;
