@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::TryStreamExt;
-use http::HeaderMap;
 
 use crate::attach::{self, Caller, Fetched};
 use crate::ical::Calendar;
@@ -561,17 +560,7 @@ async fn proof(state: &State, caller: &Caller, href: &str, id: &AttachmentId, ba
 
 /// The service credential from `[gc]`, as a caller.
 pub fn service_caller(state: &State) -> Option<Caller> {
-    let gc = &state.config.gc;
-    let user = gc.username.as_deref()?;
-    let password = gc.password.as_deref().unwrap_or("");
-    use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::AUTHORIZATION,
-        http::HeaderValue::from_str(&format!("Basic {token}")).ok()?,
-    );
-    Caller::from_headers(&h).ok()
+    Caller::service(&state.config.gc)
 }
 
 /// Runs gc every `gc.interval` inside `serve`, logging what it did.

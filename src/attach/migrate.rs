@@ -46,7 +46,7 @@ pub async fn run(
     dry_run: bool,
     out: &mut dyn FnMut(String),
 ) -> Result<Report, Error> {
-    let caller = crate::gc::service_caller(state).ok_or_else(|| {
+    let caller = Caller::service(&state.config.gc).ok_or_else(|| {
         Error::BadRequest(
             "migrate needs the service account: set gc.username and gc.password".into(),
         )

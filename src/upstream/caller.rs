@@ -62,6 +62,20 @@ impl Caller {
         })
     }
 
+    /// The service account of `[gc]` (`gc.username`, `gc.password`) as a Basic caller,
+    /// for calattach's own batch jobs (gc, migrate); `None` when none is configured.
+    pub fn service(gc: &crate::config::GcConfig) -> Option<Caller> {
+        let user = gc.username.as_deref()?;
+        let password = gc.password.as_deref().unwrap_or("");
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {token}")).ok()?,
+        );
+        Caller::from_headers(&h).ok()
+    }
+
     /// A caller without credentials (to learn the upstream's challenge).
     pub fn anonymous() -> Caller {
         Caller {
