@@ -116,7 +116,7 @@ pub fn event(uid: &str, organizer: &str, attendees: &[&str], extra: &str) -> Str
     let mut s = format!(
         "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calattach//tests//EN\r\nBEGIN:VEVENT\r\n\
          UID:{uid}\r\nDTSTAMP:20250101T000000Z\r\nDTSTART:20250601T100000Z\r\nDURATION:PT1H\r\n\
-         SUMMARY:review\r\n"
+         SUMMARY:attack\r\n"
     );
     if !organizer.is_empty() {
         s.push_str(&format!("ORGANIZER:{}\r\n", mail(organizer)));
