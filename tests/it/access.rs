@@ -26,14 +26,14 @@ fn mail(user: &str) -> String {
     format!("mailto:{user}@example.org")
 }
 
-struct World {
-    up: &'static Upstream,
-    proxy: Calattach,
-    http: Client,
+pub(crate) struct World {
+    pub(crate) up: &'static Upstream,
+    pub(crate) proxy: Calattach,
+    pub(crate) http: Client,
 }
 
 impl World {
-    fn new(kind: Kind, extra: &str) -> World {
+    pub(crate) fn new(kind: Kind, extra: &str) -> World {
         let up = Upstream::get(kind);
         let proxy = Calattach::start(up, Storage::Local, &format!("{TEMPLATE}{extra}"));
         World {
@@ -43,13 +43,13 @@ impl World {
         }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         user: Option<&str>,
         method: &str,
         url: &str,
         headers: &[(&str, &str)],
-        body: &str,
+        body: impl AsRef<[u8]>,
     ) -> Reply {
         let url = if url.starts_with("http") {
             url.to_string()
@@ -63,10 +63,12 @@ impl World {
         for (k, v) in headers {
             b = b.header(k, *v);
         }
-        b.body(body.to_string()).send().await
+        b.body(bytes::Bytes::copy_from_slice(body.as_ref()))
+            .send()
+            .await
     }
 
-    async fn put(&self, user: &str, path: &str, ics: &str) -> Reply {
+    pub(crate) async fn put(&self, user: &str, path: &str, ics: &str) -> Reply {
         self.send(
             Some(user),
             "PUT",
@@ -77,14 +79,14 @@ impl World {
         .await
     }
 
-    async fn get_text(&self, user: &str, path: &str) -> String {
+    pub(crate) async fn get_text(&self, user: &str, path: &str) -> String {
         let r = self.send(Some(user), "GET", path, &[], "").await;
         assert_eq!(r.status, 200, "GET {path}: {r:?}");
         r.text()
     }
 
     /// POST attachment-add; returns (managed id, attachment URL).
-    async fn add(&self, user: &str, path: &str) -> (String, String) {
+    pub(crate) async fn add(&self, user: &str, path: &str) -> (String, String) {
         let r = self
             .post(user, path, "action=attachment-add", "hello")
             .await;
@@ -97,7 +99,7 @@ impl World {
         (id, url)
     }
 
-    async fn post(&self, user: &str, path: &str, query: &str, body: &str) -> Reply {
+    pub(crate) async fn post(&self, user: &str, path: &str, query: &str, body: &str) -> Reply {
         self.send(
             Some(user),
             "POST",
@@ -111,13 +113,16 @@ impl World {
         .await
     }
 
-    async fn download(&self, user: Option<&str>, url: &str) -> Reply {
+    pub(crate) async fn download(&self, user: Option<&str>, url: &str) -> Reply {
         self.send(user, "GET", url, &[], "").await
     }
 
     /// user1's scheduled event with user2 invited and one attachment added by POST:
     /// (event path, id, url, uid).
-    async fn organizer_event(&self, attendees: &[&str]) -> (String, String, String, String) {
+    pub(crate) async fn organizer_event(
+        &self,
+        attendees: &[&str],
+    ) -> (String, String, String, String) {
         let cal = self.up.new_calendar("user1", "acc").await;
         let uid = unique("uid");
         let path = format!("{cal}{uid}.ics");
@@ -130,14 +135,17 @@ impl World {
     }
 }
 
-/// A VEVENT organised by `organizer` with `attendees`; `extra` lines go in the VEVENT.
-fn event(uid: &str, organizer: &str, attendees: &[&str], extra: &str) -> String {
+/// A VEVENT organised by `organizer` (none when empty) with `attendees`; `extra` lines
+/// go in the VEVENT.
+pub(crate) fn event(uid: &str, organizer: &str, attendees: &[&str], extra: &str) -> String {
     let mut s = format!(
         "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calattach//tests//EN\r\nBEGIN:VEVENT\r\n\
          UID:{uid}\r\nDTSTAMP:20250101T000000Z\r\nDTSTART:20250601T100000Z\r\nDURATION:PT1H\r\n\
-         SUMMARY:access\r\nORGANIZER:{}\r\n",
-        mail(organizer)
+         SUMMARY:access\r\n"
     );
+    if !organizer.is_empty() {
+        s.push_str(&format!("ORGANIZER:{}\r\n", mail(organizer)));
+    }
     for a in attendees {
         s.push_str(&format!("ATTENDEE;PARTSTAT=NEEDS-ACTION:{}\r\n", mail(a)));
     }
@@ -146,7 +154,7 @@ fn event(uid: &str, organizer: &str, attendees: &[&str], extra: &str) -> String 
     s
 }
 
-fn attach_line(id: &str, url: &str) -> String {
+pub(crate) fn attach_line(id: &str, url: &str) -> String {
     format!("ATTACH;MANAGED-ID={id};FMTTYPE=text/plain;FILENAME=notes.txt;SIZE=5:{url}\r\n")
 }
 
