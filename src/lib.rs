@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod options;
 pub mod props;
+pub mod rfc6266;
 pub mod router;
 pub mod server;
 pub mod slots;

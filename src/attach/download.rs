@@ -230,7 +230,7 @@ async fn serve(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CONTENT_DISPOSITION,
-        header_value(&content_disposition(&meta.filename)),
+        header_value(&crate::rfc6266::content_disposition(&meta.filename)),
     );
     h.insert(
         "x-content-type-options",
@@ -290,38 +290,6 @@ fn header_value(s: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
-/// `attachment; filename="<ascii fallback>"; filename*=UTF-8''<pct-encoded>` (RFC 6266
-/// §4.3, RFC 8187).
-pub fn content_disposition(filename: &str) -> String {
-    const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'!')
-        .remove(b'#')
-        .remove(b'$')
-        .remove(b'&')
-        .remove(b'+')
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'^')
-        .remove(b'_')
-        .remove(b'`')
-        .remove(b'|')
-        .remove(b'~');
-    let ascii: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!(
-        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{}",
-        percent_encoding::utf8_percent_encode(filename, ATTR)
-    )
-}
-
 /// One `bytes=` range (RFC 9110 §14.1.2). Several ranges, other units or bad syntax give
 /// `None`: the whole representation is served, as RFC 9110 §14.2 allows.
 pub fn parse_range(value: &str) -> Option<ByteRange> {
@@ -361,7 +329,7 @@ mod tests {
     #[test]
     fn content_disposition_has_ascii_fallback_and_utf8_form() {
         assert_eq!(
-            content_disposition("Résumé \"v2\".pdf"),
+            crate::rfc6266::content_disposition("Résumé \"v2\".pdf"),
             "attachment; filename=\"R_sum_ _v2_.pdf\"; filename*=UTF-8''R%C3%A9sum%C3%A9%20%22v2%22.pdf"
         );
     }

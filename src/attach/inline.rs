@@ -85,7 +85,7 @@ pub async fn convert(
     for (a, data) in inline.iter().zip(decoded) {
         let media_type = params::media_type_of(a.fmttype.as_deref());
         let filename = match a.filename.as_deref() {
-            Some(f) => params::sanitize_filename(f),
+            Some(f) => crate::rfc6266::sanitize_filename(f),
             None => derived_name(&media_type),
         };
         match store_one(state, creator, path, &uid, &filename, &media_type, data).await {
@@ -191,7 +191,7 @@ fn derived_name(media_type: &str) -> String {
         "application/vnd.openxmlformats-officedocument.presentationml.presentation" => ".pptx",
         _ => ".bin",
     };
-    format!("{}{ext}", params::DEFAULT_FILENAME)
+    format!("{}{ext}", crate::rfc6266::DEFAULT_FILENAME)
 }
 
 #[cfg(test)]

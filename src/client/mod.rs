@@ -598,7 +598,7 @@ async fn drain(resp: Response<Incoming>) {
 
 /// The server's own header builder: an upload names its file the way downloads do
 /// (RFC 6266 §4.3: ASCII fallback, then the UTF-8 `filename*` that wins where understood).
-pub use crate::attach::download::content_disposition;
+pub use crate::rfc6266::content_disposition;
 
 /// A media type from the file name's extension; `application/octet-stream` otherwise.
 pub fn guess_media_type(name: &str) -> &'static str {
