@@ -22,18 +22,16 @@
 //! A different password for the same user name is a different key: one caller's
 //! resolution is never served to another.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
-use sha2::{Digest, Sha256};
 
 use crate::body::Body;
+use crate::cache::{CredentialHash, TtlCache};
 use crate::config::IdentityConfig;
 use crate::error::Error;
 use crate::upstream::caller::Caller;
@@ -91,14 +89,11 @@ pub enum Resolved {
     Refused(Response<Body>),
 }
 
-/// Keyed hash of one `Authorization` value.
-type Slot = [u8; 32];
-
 /// The per-credentials cache.
 pub struct IdentityCache {
-    key: [u8; 32],
     config: IdentityConfig,
-    entries: Mutex<HashMap<Slot, (Instant, Arc<Identity>)>>,
+    keys: CredentialHash,
+    entries: TtlCache<[u8; 32], Arc<Identity>>,
 }
 
 // === impl IdentityCache ===
@@ -106,38 +101,22 @@ pub struct IdentityCache {
 impl IdentityCache {
     pub fn new(config: IdentityConfig) -> IdentityCache {
         IdentityCache {
-            key: rand::random(),
+            entries: TtlCache::new(config.cache_ttl, config.cache_size),
+            keys: CredentialHash::default(),
             config,
-            entries: Mutex::new(HashMap::new()),
         }
     }
 
     fn slot(&self, authorization: &HeaderValue) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.key);
-        h.update(authorization.as_bytes());
-        h.finalize().into()
+        self.keys.of(Some(authorization))
     }
 
     fn get(&self, slot: &[u8; 32]) -> Option<Arc<Identity>> {
-        let entries = self.entries.lock().ok()?;
-        let (at, id) = entries.get(slot)?;
-        (at.elapsed() < self.config.cache_ttl).then(|| id.clone())
+        self.entries.get(slot)
     }
 
     fn put(&self, slot: [u8; 32], id: Arc<Identity>) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if entries.len() >= self.config.cache_size {
-            let ttl = self.config.cache_ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            if entries.len() >= self.config.cache_size {
-                // Still full of fresh entries: drop everything rather than grow.
-                entries.clear();
-            }
-        }
-        entries.insert(slot, (Instant::now(), id));
+        self.entries.put(slot, id);
     }
 
     /// Resolves the caller (cached) from `resource`, the upstream path the request
@@ -670,6 +649,6 @@ mod tests {
         // Bounded: inserting past the size evicts instead of growing.
         cache.put(b, id.clone());
         cache.put([7; 32], id);
-        assert!(cache.entries.lock().unwrap().len() <= 2);
+        assert!(cache.entries.len() <= 2);
     }
 }

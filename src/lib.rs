@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;

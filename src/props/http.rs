@@ -64,12 +64,12 @@
 //! is atomic). The same upstream check as for PROPPATCH runs first, on the parent
 //! collection. Others are forwarded untouched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -79,7 +79,6 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
 
 use super::request::{self, PropfindKind};
 use super::rewrite::{Plan, ResourceHints, ResourceKind, Rewriter, Values};
@@ -371,8 +370,8 @@ type CacheKey = ([u8; 32], String, String);
 type Calendars = Arc<HashSet<String>>;
 
 struct CalendarCache {
-    key: [u8; 32],
-    entries: Mutex<HashMap<CacheKey, (Instant, Calendars)>>,
+    keys: crate::cache::CredentialHash,
+    entries: crate::cache::TtlCache<CacheKey, Calendars>,
 }
 
 /// Process-wide: the look-ups are a pure function of (credentials, URL, Depth) and the
@@ -380,38 +379,26 @@ struct CalendarCache {
 fn cache() -> &'static CalendarCache {
     static CACHE: OnceLock<CalendarCache> = OnceLock::new();
     CACHE.get_or_init(|| CalendarCache {
-        key: rand::random(),
-        entries: Mutex::new(HashMap::new()),
+        keys: crate::cache::CredentialHash::default(),
+        entries: crate::cache::TtlCache::new(CALENDARS_TTL, CALENDARS_CACHE_SIZE),
     })
 }
 
 impl CalendarCache {
     fn key_for(&self, caller: &Caller, path: &str, depth: &str) -> CacheKey {
-        let mut h = Sha256::new();
-        h.update(self.key);
-        if let Some(a) = caller.authorization() {
-            h.update(a.as_bytes());
-        }
-        (h.finalize().into(), path.to_owned(), depth.to_owned())
+        (
+            self.keys.of(caller.authorization()),
+            path.to_owned(),
+            depth.to_owned(),
+        )
     }
 
-    fn get(&self, key: &CacheKey) -> Option<Arc<HashSet<String>>> {
-        let entries = self.entries.lock().ok()?;
-        let (at, set) = entries.get(key)?;
-        (at.elapsed() < CALENDARS_TTL).then(|| set.clone())
+    fn get(&self, key: &CacheKey) -> Option<Calendars> {
+        self.entries.get(key)
     }
 
-    fn put(&self, key: CacheKey, set: Arc<HashSet<String>>) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if entries.len() >= CALENDARS_CACHE_SIZE {
-            entries.retain(|_, (at, _)| at.elapsed() < CALENDARS_TTL);
-            if entries.len() >= CALENDARS_CACHE_SIZE {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (Instant::now(), set));
+    fn put(&self, key: CacheKey, set: Calendars) {
+        self.entries.put(key, set);
     }
 }
 
