@@ -77,7 +77,14 @@ fn opaque(tag: &str) -> (bool, &str) {
     }
 }
 
-fn strong_eq(a: &str, b: &str) -> bool {
+/// Whether an `If-None-Match` value matches `etag` (RFC 9110 §13.1.2): `*`, or one of
+/// its tags by weak comparison.
+pub fn none_match_hits(list: &str, etag: &str) -> bool {
+    list.trim() == "*" || tags(list).any(|t| weak_eq(t, etag))
+}
+
+/// Strong comparison of two entity-tags (RFC 9110 §8.8.3.2): both strong, same opaque tag.
+pub fn strong_eq(a: &str, b: &str) -> bool {
     let (wa, a) = opaque(a);
     let (wb, b) = opaque(b.trim());
     !wa && !wb && a == b
@@ -91,6 +98,16 @@ fn weak_eq(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn download_validators_compare_weakly_for_none_match_and_strongly_for_if_range() {
+        let etag = "\"abc\"";
+        assert!(none_match_hits("*", etag));
+        assert!(none_match_hits("\"x\", W/\"abc\"", etag));
+        assert!(!none_match_hits("\"x\"", etag));
+        assert!(strong_eq("\"abc\"", etag));
+        assert!(!strong_eq("W/\"abc\"", etag));
+    }
 
     fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -195,12 +195,7 @@ async fn serve(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
     {
-        let matches = inm.trim() == "*"
-            || inm
-                .split(',')
-                .map(|t| t.trim().trim_start_matches("W/"))
-                .any(|t| t == etag);
-        if matches {
+        if super::conditional::none_match_hits(inm, &etag) {
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             resp.headers_mut().insert(header::ETAG, header_value(&etag));
@@ -209,7 +204,8 @@ async fn serve(
     }
     let if_range_ok = match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         None => true,
-        Some(v) => v.trim() == etag,
+        // RFC 9110 §13.1.5: an entity-tag in If-Range is compared strongly.
+        Some(v) => super::conditional::strong_eq(v.trim(), &etag),
     };
     let range = if if_range_ok {
         headers
